@@ -1,0 +1,74 @@
+"""Numbered schema migrations; ``PRAGMA user_version`` records the last one applied."""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[str] = [
+    # 1: the core schema
+    """
+    CREATE TABLE entities (
+        key INTEGER PRIMARY KEY,          -- entity key as signed 64-bit (see codec)
+        dst TEXT NOT NULL, dstp TEXT NOT NULL, proto TEXT NOT NULL, service TEXT NOT NULL,
+        src TEXT NOT NULL, srcp TEXT NOT NULL, url TEXT NOT NULL,
+        first_seen INTEGER NOT NULL       -- ns
+    );
+    CREATE TABLE inbox (                  -- points pushed to netsentry, awaiting a check
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time INTEGER NOT NULL,
+        measurement TEXT NOT NULL,
+        key INTEGER NOT NULL,
+        value REAL NOT NULL
+    );
+    CREATE INDEX inbox_time ON inbox(time);
+    CREATE TABLE state (
+        component TEXT NOT NULL, measurement TEXT NOT NULL,
+        fingerprint TEXT NOT NULL, blob BLOB NOT NULL, updated INTEGER NOT NULL,
+        PRIMARY KEY (component, measurement)
+    );
+    CREATE TABLE anomalies (
+        id TEXT PRIMARY KEY,
+        time INTEGER NOT NULL, measurement TEXT NOT NULL, key INTEGER NOT NULL,
+        value REAL NOT NULL, score REAL, threshold REAL, detector TEXT NOT NULL,
+        explanation TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'open'
+            CHECK (status IN ('open', 'confirmed', 'false_positive')),
+        check_id INTEGER NOT NULL
+    );
+    CREATE INDEX anomalies_measurement ON anomalies(measurement, time);
+    CREATE TABLE feedback (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        anomaly_id TEXT NOT NULL REFERENCES anomalies(id),
+        status TEXT NOT NULL, at INTEGER NOT NULL
+    );
+    CREATE TABLE checkpoints (
+        source TEXT PRIMARY KEY, watermark INTEGER NOT NULL, updated INTEGER NOT NULL
+    );
+    CREATE TABLE checks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        started INTEGER NOT NULL, finished INTEGER NOT NULL,
+        records INTEGER NOT NULL, anomalies INTEGER NOT NULL,
+        watermark_from INTEGER NOT NULL, watermark_to INTEGER NOT NULL,
+        report TEXT NOT NULL
+    );
+    CREATE TABLE settings (
+        name TEXT PRIMARY KEY, value TEXT NOT NULL, updated INTEGER NOT NULL
+    );
+    CREATE TABLE settings_history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL, value TEXT NOT NULL, at INTEGER NOT NULL, actor TEXT NOT NULL
+    );
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
+    CREATE TABLE errors (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, message TEXT NOT NULL
+    );
+    """,
+]
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Apply every migration not applied yet; return the schema version."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    return len(MIGRATIONS)
