@@ -31,6 +31,7 @@ class DetectionSettings(BaseSettings):
     min_count: int = Field(8, ge=2, le=100_000)
     adapt_after: int = Field(3, ge=1, le=10_000)
     counter_interval_s: float = Field(3600.0, gt=0)
+    inbox_retention_s: float = Field(7 * 86400.0, gt=0)
 
 
 class Settings(DetectionSettings):
@@ -43,7 +44,6 @@ class Settings(DetectionSettings):
     port: int = Field(8000, ge=0, le=65535)
     api_token: SecretStr | None = None
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)
-    inbox_retention_s: float = Field(7 * 86400.0, gt=0)
 
     @field_validator("api_token")
     @classmethod

@@ -24,7 +24,7 @@ from netsentry.detect.zscore import ZScore
 from netsentry.keys import format_key
 from netsentry.model import KEY_TAGS, Anomaly, Batch
 from netsentry.series import CounterIncrease, CreatedTracker, GaugePassThrough, family, kind_of
-from netsentry.store.sqlite import Store
+from netsentry.store.sqlite import ConcurrentUpdateError, Store
 
 INBOX = "inbox"
 _IDS = uuid.UUID("6b3f0a52-8c1e-4d7a-9f5e-2a4c1b7d9e30")
@@ -58,6 +58,7 @@ class CheckReport:
 class _Outcome:
     anomalies: list[Anomaly]
     states: dict[tuple[str, str], dict[str, Any]]
+    versions: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def _new_entity_anomalies(sub: Batch, known: pl.Series) -> list[Anomaly]:
@@ -101,8 +102,9 @@ def _zscore_anomalies(
     return out
 
 
-def _load(component: Any, store: Store, name: str, measurement: str) -> Any:
-    state = store.load_state(name, measurement)
+def _load(component: Any, store: Store, name: str, measurement: str, outcome: _Outcome) -> Any:
+    state, version = store.load_state(name, measurement)
+    outcome.versions[(name, measurement)] = version
     if state is not None:
         component.load_state(state)
     return component
@@ -120,7 +122,7 @@ def detect(batch: Batch, store: Store, settings: DetectionSettings, report: Chec
         sub, kind = batch.only(measurement), kind_of(measurement)
         stats = report.per_measurement.setdefault(measurement, {"records": len(sub)})
         if kind == "created":
-            tracker = _load(CreatedTracker(), store, "created", measurement)
+            tracker = _load(CreatedTracker(), store, "created", measurement, outcome)
             had_population = tracker.state_.height > 0
             known = tracker.state_["key"]
             resets[family(measurement)], progress = tracker.resets(sub)
@@ -132,9 +134,9 @@ def detect(batch: Batch, store: Store, settings: DetectionSettings, report: Chec
             continue
         transform: CounterIncrease | GaugePassThrough
         if kind == "counter":
-            transform = _load(CounterIncrease(interval_ns), store, "counter", measurement)
+            transform = _load(CounterIncrease(interval_ns), store, "counter", measurement, outcome)
         else:
-            transform = _load(GaugePassThrough(), store, "gauge", measurement)
+            transform = _load(GaugePassThrough(), store, "gauge", measurement, outcome)
         had_population = transform.state_.height > 0
         known = transform.state_["key"]
         if isinstance(transform, CounterIncrease):
@@ -149,7 +151,8 @@ def detect(batch: Batch, store: Store, settings: DetectionSettings, report: Chec
         new = _new_entity_anomalies(sub, known) if had_population else []
 
         detector = _load(ZScore(min_count=settings.min_count, alternative=settings.alternative,
-                                adapt_after=settings.adapt_after), store, "zscore", measurement)
+                                adapt_after=settings.adapt_after), store, "zscore", measurement,
+                         outcome)
         baseline = detector.baseline(values)
         scores = detector.score(values)
         flags = threshold.flags(scores)
@@ -167,8 +170,23 @@ def detect(batch: Batch, store: Store, settings: DetectionSettings, report: Chec
     return outcome
 
 
-def run_check(store: Store, settings: DetectionSettings, *, upto: int | None = None) -> CheckReport:
-    """Run one check over the inbox and commit its results atomically."""
+def run_check(store: Store, settings: DetectionSettings, *, upto: int | None = None,
+              attempts: int = 3) -> CheckReport:
+    """Run one check over the inbox and commit its results atomically.
+
+    If feedback or another check replaced a state meanwhile, the check is redone from
+    the new state (optimistic concurrency), up to ``attempts`` times.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return _check_once(store, settings, upto)
+        except ConcurrentUpdateError:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _check_once(store: Store, settings: DetectionSettings, upto: int | None) -> CheckReport:
     started = time.time_ns()
     after = store.watermark(INBOX)
     head = store.inbox_head() if upto is None else upto
@@ -179,6 +197,9 @@ def run_check(store: Store, settings: DetectionSettings, *, upto: int | None = N
     outcome = detect(batch, store, settings, report)
     report.duration_s = (time.time_ns() - started) / 1e9
     with store.transaction() as tx:
+        tx.expect_versions(outcome.versions)
+        if store.watermark(INBOX, tx.db) != after:
+            raise ConcurrentUpdateError("another check advanced the inbox watermark")
         for (component, measurement), state in outcome.states.items():
             tx.save_state(component, measurement, state)
         report.check_id = tx.add_check(started, report.records, report.anomalies,
@@ -191,7 +212,7 @@ def run_check(store: Store, settings: DetectionSettings, *, upto: int | None = N
                  "counter_resets": float(report.resets)})
         if len(batch):
             newest = int(batch.frame["time"].max())  # type: ignore[arg-type]
-            retention_ns = int(getattr(settings, "inbox_retention_s", 7 * 86400) * 1e9)
+            retention_ns = int(settings.inbox_retention_s * 1e9)
             tx.prune_inbox(report.watermark_to, newest - retention_ns)
     return report
 

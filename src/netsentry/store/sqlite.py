@@ -67,8 +67,21 @@ class Transaction:
             "INSERT INTO state VALUES (?, ?, ?, ?, ?) ON CONFLICT (component, measurement) "
             "DO UPDATE SET fingerprint = excluded.fingerprint, blob = excluded.blob, "
             "updated = excluded.updated",
-            (component, measurement, str(state["fingerprint"]), encode_state(state), self.now),
+            (component, measurement, str(state["fingerprint"]), encode_state(state),
+             self._version(component, measurement)),
         )
+
+    def _version(self, component: str, measurement: str) -> int:
+        """A version strictly above the current one, even within one nanosecond."""
+        _, current = read_state(self.db, component, measurement)
+        return max(self.now, current + 1)
+
+    def expect_versions(self, versions: dict[tuple[str, str], int]) -> None:
+        """Refuse to commit over a state that someone else replaced meanwhile."""
+        for (component, measurement), version in versions.items():
+            _, current = read_state(self.db, component, measurement)
+            if current != version:
+                raise ConcurrentUpdateError(f"{component} state of {measurement} changed")
 
     def add_anomalies(self, anomalies: list[Anomaly], check_id: int) -> None:
         self.db.executemany(
@@ -117,6 +130,17 @@ class Transaction:
 
     def prune_inbox(self, upto_id: int, before_time: int) -> None:
         self.db.execute("DELETE FROM inbox WHERE id <= ? AND time < ?", (upto_id, before_time))
+
+
+def read_state(db: sqlite3.Connection, component: str, measurement: str
+               ) -> tuple[State | None, int]:
+    row = db.execute("SELECT blob, updated FROM state WHERE component = ? AND measurement = ?",
+                     (component, measurement)).fetchone()
+    return (decode_state(row[0]), int(row[1])) if row else (None, 0)
+
+
+class ConcurrentUpdateError(RuntimeError):
+    """A state changed between the moment it was read and the commit that replaces it."""
 
 
 def _finite(value: float) -> float | None:
@@ -217,10 +241,13 @@ class Store:
 
     # -- check ----------------------------------------------------------------------
 
-    def watermark(self, source: str) -> int:
-        with self.read() as db:
-            row = db.execute("SELECT watermark FROM checkpoints WHERE source = ?",
-                             (source,)).fetchone()
+    def watermark(self, source: str, db: sqlite3.Connection | None = None) -> int:
+        """The checkpoint of ``source``; inside a transaction, pass its connection."""
+        if db is None:
+            with self.read() as own:
+                return self.watermark(source, own)
+        row = db.execute("SELECT watermark FROM checkpoints WHERE source = ?",
+                         (source,)).fetchone()
         return int(row[0]) if row else 0
 
     def inbox_head(self) -> int:
@@ -245,11 +272,10 @@ class Store:
         )
         return Batch(frame)
 
-    def load_state(self, component: str, measurement: str) -> State | None:
+    def load_state(self, component: str, measurement: str) -> tuple[State | None, int]:
+        """The saved state and its version (0 when there is none)."""
         with self.read() as db:
-            row = db.execute("SELECT blob FROM state WHERE component = ? AND measurement = ?",
-                             (component, measurement)).fetchone()
-        return decode_state(row[0]) if row else None
+            return read_state(db, component, measurement)
 
     def state_sizes(self) -> list[tuple[str, str, int]]:
         with self.read() as db:

@@ -1,0 +1,52 @@
+"""The FastAPI application: routers, error shapes and the periodic check."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from netsentry.api.routes import anomalies, config, stats, status, write
+from netsentry.config import Settings
+from netsentry.service.scheduler import Scheduler
+from netsentry.store.sqlite import Store
+
+
+def create_app(settings: Settings, store: Store | None = None, *, schedule: bool = False
+               ) -> FastAPI:
+    """Build the app; with ``schedule`` it also runs a check every ``frequency`` hours."""
+    store = store or Store(settings.db)
+    scheduler = Scheduler(store, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(scheduler.run()) if schedule else None
+        yield
+        if task is not None:
+            scheduler.stop()
+            await task
+
+    app = FastAPI(title="netsentry", version="0.1.0", lifespan=lifespan,
+                  description="Per-entity anomaly detection over network telemetry.")
+    app.state.settings = settings
+    app.state.store = store
+    app.state.scheduler = scheduler
+    for module in (status, write, config, anomalies, stats):
+        app.include_router(module.router)
+    stats.tag_route(app.router)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code,
+                            headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"error": "; ".join(problems)}, status_code=422)
+
+    return app

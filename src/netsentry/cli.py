@@ -1,0 +1,256 @@
+"""The ``netsentry`` command: ``demo``, ``serve``, ``check``, ``ingest``, ``config``, ``anomalies``."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import click
+from tqdm import tqdm
+
+from netsentry.config import Settings
+from netsentry.ingest.errors import ParseResult
+from netsentry.service.check import CheckReport, run_check
+from netsentry.service.runtime import effective
+from netsentry.store.sqlite import Store
+
+
+def _settings(db: str | None) -> Settings:
+    overrides: dict[str, Any] = {"db": Path(db)} if db else {}
+    try:
+        return Settings(**overrides)
+    except Exception as err:  # pydantic explains what is wrong and where
+        raise click.UsageError(f"invalid configuration: {err}") from err
+
+
+db_option = click.option("--db", envvar="NETSENTRY_DB", default=None,
+                         help="SQLite store (default var/netsentry.sqlite).")
+
+
+@click.group()
+def main() -> None:
+    """netsentry: per-entity anomaly detection over network telemetry."""
+
+
+def _print_report(report: CheckReport) -> None:
+    click.echo(
+        f"check {report.check_id}: {report.records} records, {report.judged} judged, "
+        f"{report.anomalies} anomalies ({report.new_entities} new entities), "
+        f"{report.resets} counter resets, {report.rebaselined} rebaselined, "
+        f"{report.late} late, {report.duration_s:.3f} s"
+    )
+
+
+@main.command()
+@db_option
+def check(db: str | None) -> None:
+    """Run one check over everything ingested since the last one."""
+    settings = _settings(db)
+    store = Store(settings.db)
+    _print_report(run_check(store, effective(settings, store)))
+
+
+def _ingest_stream(store: Store, stream: IO[bytes], name: str, precision: str,
+                   bar: tqdm[Any]) -> tuple[int, int]:
+    from netsentry.ingest.lineprotocol import iter_line_chunks, parse_lines
+
+    accepted = rejected = 0
+    for first_line_no, lines in iter_line_chunks(stream):
+        result = parse_lines("\n".join(lines), precision=precision, source=name,
+                             first_line_no=first_line_no)
+        accepted += _keep(store, result, name)
+        rejected += len(result.errors)
+        bar.update(sum(len(line) + 1 for line in lines))
+    return accepted, rejected
+
+
+def _keep(store: Store, result: ParseResult, name: str) -> int:
+    for error in result.errors[:20]:
+        click.echo(f"error: {error}", err=True)
+    if len(result.errors) > 20:
+        click.echo(f"... and {len(result.errors) - 20} more errors in {name}", err=True)
+    store.record_errors("ingest", name, [str(e) for e in result.errors])
+    return store.append(result.batch)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["auto", "lp", "csv"]), default="auto",
+              help="Line protocol or InfluxDB CSV (auto: by file name).")
+@click.option("--measurement", default=None, help="Measurement of a CSV without one.")
+@click.option("--precision", default="ns", show_default=True,
+              type=click.Choice(["n", "ns", "u", "ms", "s", "m", "h"]))
+@click.option("--check/--no-check", "then_check", default=False,
+              help="Run a check after ingesting.")
+@db_option
+def ingest(paths: tuple[str, ...], fmt: str, measurement: str | None, precision: str,
+           then_check: bool, db: str | None) -> None:
+    """Ingest line protocol or InfluxDB CSV files ('-' reads line protocol from stdin)."""
+    from netsentry.ingest.influx_csv import read_influx_csv
+
+    settings = _settings(db)
+    store = Store(settings.db)
+    accepted = rejected = 0
+    for path in paths:
+        is_csv = fmt == "csv" or (fmt == "auto" and path.endswith((".csv", ".csv.gz")))
+        if is_csv:
+            result = read_influx_csv(path, measurement=measurement or _measurement_of(path))
+            accepted += _keep(store, result, path)
+            rejected += len(result.errors)
+            continue
+        if path == "-":
+            with tqdm(desc="stdin", unit="B", unit_scale=True, disable=None) as bar:
+                a, r = _ingest_stream(store, sys.stdin.buffer, "stdin", precision, bar)
+        else:
+            if not os.path.exists(path):
+                raise click.FileError(path, "no such file")
+            with open(path, "rb") as stream, tqdm(
+                desc=Path(path).name, total=os.path.getsize(path), unit="B",
+                unit_scale=True, disable=None,
+            ) as bar:
+                a, r = _ingest_stream(store, stream, path, precision, bar)
+        accepted, rejected = accepted + a, rejected + r
+    click.echo(f"ingested {accepted} records, rejected {rejected} malformed lines")
+    if then_check:
+        _print_report(run_check(store, effective(settings, store)))
+    if rejected and not accepted:
+        sys.exit(1)
+
+
+def _measurement_of(path: str) -> str | None:
+    """``data_tdmp_bytes_total.csv`` holds ``tdmp_bytes_total`` (the RIoT export's naming)."""
+    stem = Path(path).name.removesuffix(".gz").removesuffix(".csv")
+    return stem.removeprefix("data_") or None
+
+
+@main.command()
+@click.option("--tolerance", type=float, default=None, help="z threshold, 2..6.")
+@click.option("--frequency", type=int, default=None, help="hours between checks, 1..168.")
+@db_option
+def config(tolerance: float | None, frequency: int | None, db: str | None) -> None:
+    """Show the run-time settings, or change them (they apply at the next check)."""
+    from netsentry.api.routes.config import ConfigUpdate
+
+    settings = _settings(db)
+    store = Store(settings.db)
+    try:
+        update = ConfigUpdate(tolerance=tolerance, frequency=frequency)
+    except Exception as err:
+        raise click.BadParameter(str(err)) from err
+    changes = update.model_dump(exclude_none=True)
+    if changes:
+        store.set_settings(changes, actor="cli")
+    current = effective(settings, store)
+    click.echo(json.dumps({"tolerance": current.tolerance, "frequency": current.frequency}))
+
+
+@main.command()
+@click.argument("measurement")
+@click.option("--limit", default=20, show_default=True)
+@db_option
+def anomalies(measurement: str, limit: int, db: str | None) -> None:
+    """List the newest open anomalies of a measurement."""
+    from netsentry.store import queries
+
+    store = Store(_settings(db).db)
+    with store.read() as conn:
+        rows = queries.anomalies(conn, measurement, queries.VISIBLE, limit, 0)
+    for row in rows:
+        click.echo(json.dumps(row))
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 8000).")
+@click.option("--schedule/--no-schedule", default=True, help="Run the periodic check.")
+@db_option
+def serve(host: str | None, port: int | None, schedule: bool, db: str | None) -> None:
+    """Serve the API (and /write) and run a check every `frequency` hours."""
+    settings = _settings(db)
+    _serve(settings, host or settings.host, port if port is not None else settings.port, schedule)
+
+
+def _serve(settings: Settings, host: str, port: int, schedule: bool) -> None:
+    import uvicorn
+
+    from netsentry.api.app import create_app
+
+    if settings.api_token is None:
+        click.echo("note: NETSENTRY_API_TOKEN is not set: mutating routes will refuse", err=True)
+    uvicorn.run(create_app(settings, schedule=schedule), host=host, port=port,
+                log_level="info")
+
+
+@main.command()
+@click.option("--serve/--no-serve", "then_serve", default=True,
+              help="Serve the API on the results afterwards.")
+@click.option("--port", type=int, default=None)
+@db_option
+def demo(then_serve: bool, port: int | None, db: str | None) -> None:
+    """Replay the bundled RIoT export hour by hour, report, and serve the results."""
+    from netsentry.service.replay import replay, riot_export
+
+    settings = _settings(db or "var/demo.sqlite")
+    if settings.db.exists():
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{settings.db}{suffix}").unlink(missing_ok=True)
+    store = Store(settings.db)
+    batch = riot_export()
+    click.echo(f"RIoT export: {len(batch)} records, {batch.frame['key'].n_unique()} entities, "
+               f"{len(batch.measurements())} measurements; replaying hour by hour "
+               f"(tolerance {settings.tolerance}, min_count {settings.min_count})")
+    hours = batch.frame["time"].floordiv(3_600_000_000_000).n_unique()
+    with tqdm(total=hours, desc="checks", unit="h", disable=None) as bar:
+        reports = replay(store, effective(settings, store), batch,
+                         progress=lambda _h, _r: bar.update(1))
+    _demo_summary(store, reports)
+    if then_serve:
+        if settings.api_token is None:
+            token = secrets.token_urlsafe(24)
+            settings = settings.model_copy(update={"api_token": _secret(token)})
+            click.echo(f"API token for this demo session (set NETSENTRY_API_TOKEN to choose "
+                       f"one): {token}")
+        port = port if port is not None else settings.port
+        base = f"http://{settings.host}:{port}"
+        click.echo(f"\nServing on {base}/  (routes: {base}/ · anomalies: "
+                   f"{base}/tdmp_bytes_total/anomalies · status: {base}/status · "
+                   f"docs: {base}/docs) — Ctrl-C to stop")
+        _serve(settings, settings.host, port, schedule=False)
+
+
+def _secret(token: str) -> Any:
+    from pydantic import SecretStr
+
+    return SecretStr(token)
+
+
+def _demo_summary(store: Store, reports: list[CheckReport]) -> None:
+    from netsentry.store import queries
+
+    total = sum(r.anomalies for r in reports)
+    new = sum(r.new_entities for r in reports)
+    click.echo(f"\n{len(reports)} hourly checks, {sum(r.records for r in reports)} records: "
+               f"{total} anomalies ({total - new} by z-score, {new} new entities), "
+               f"{sum(r.resets for r in reports)} counter resets, "
+               f"{sum(r.rebaselined for r in reports)} rebaselined entities")
+    with store.read() as db:
+        for measurement in queries.measurements(db):
+            rows = queries.anomalies(db, measurement, queries.VISIBLE, 100_000, 0)
+            scored = [r for r in rows if r["detector"] == "zscore"]
+            click.echo(f"  {measurement}: {len(scored)} z-score anomalies, "
+                       f"{len(rows) - len(scored)} new entities")
+            for row in sorted(scored, key=lambda r: -(r["score"] or float("inf")))[:3]:
+                e, t = row["explanation"], row["tags"]
+                z = "inf" if e["z"] is None else f"{e['z']:.1f}"
+                click.echo(f"    {row['key']} {t.get('service')} {t.get('src')} -> "
+                           f"{t.get('dst')}: {e['series']} {e['value']:.6g}, baseline "
+                           f"{e['mean']:.4g} ± {e['std']:.3g} (n={e['n']}), z={z}")
+    click.echo(f"store: {store.path}")
+
+
+if __name__ == "__main__":
+    main()
