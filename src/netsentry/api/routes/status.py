@@ -31,12 +31,11 @@ COUNTERS = {
 
 @router.get("/", summary="The routes this service offers")
 def index(request: Request) -> Response:
-    rows = sorted(
-        ({"path": r.path, "methods": ",".join(sorted(r.methods or [])),
-          "summary": getattr(r, "summary", "") or ""}
-         for r in request.app.routes if getattr(r, "include_in_schema", False)),
-        key=lambda r: r["path"],
-    )
+    rows = [
+        {"path": path, "method": method.upper(), "summary": operation.get("summary", "")}
+        for path, operations in sorted(request.app.openapi()["paths"].items())
+        for method, operation in operations.items()
+    ]
     return respond(request, "netsentry", {"routes": rows, "openapi": "/openapi.json",
                                           "docs": "/docs"}, rows)
 

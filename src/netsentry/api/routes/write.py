@@ -34,7 +34,7 @@ async def _body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > limit:
-            raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
                                 f"request body exceeds {limit} bytes")
     if request.headers.get("content-encoding", "").lower() != "gzip":
         return bytes(raw)
@@ -44,7 +44,7 @@ async def _body(request: Request, limit: int) -> bytes:
     except zlib.error as err:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"invalid gzip body: {err}") from err
     if len(data) > limit or inflater.unconsumed_tail:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
                             f"decompressed body exceeds {limit} bytes")
     return data
 
