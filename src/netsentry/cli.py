@@ -203,7 +203,7 @@ def demo(then_serve: bool, port: int | None, db: str | None) -> None:
     click.echo(f"RIoT export: {len(batch)} records, {batch.frame['key'].n_unique()} entities, "
                f"{len(batch.measurements())} measurements; replaying hour by hour "
                f"(tolerance {settings.tolerance}, min_count {settings.min_count})")
-    hours = batch.frame["time"].floordiv(3_600_000_000_000).n_unique()
+    hours = (batch.frame["time"] // 3_600_000_000_000).n_unique()
     with tqdm(total=hours, desc="checks", unit="h", disable=None) as bar:
         reports = replay(store, effective(settings, store), batch,
                          progress=lambda _h, _r: bar.update(1))

@@ -41,7 +41,9 @@ NaN and inf
     Never reach a detector: ingest rejects them line by line. ``learn`` still drops
     non-finite values defensively, so one bad value can never poison an entity.
 
-The state costs 58 bytes per entity (``bench/bench_check.py`` measures it).
+The state costs 58 bytes per entity as stored (``bench/bench_check.py`` measures it).
+The per-record loops are compiled with numba (:mod:`netsentry.detect._zkernels`); the
+entity lookup is a hash index (:mod:`netsentry.detect.keyindex`).
 """
 
 from __future__ import annotations
@@ -53,21 +55,22 @@ import numpy.typing as npt
 import polars as pl
 
 from netsentry.config import Alternative
-from netsentry.detect import moments
+from netsentry.detect import _zkernels, moments
 from netsentry.detect.base import State, StateMismatchError, fingerprint
+from netsentry.detect.keyindex import KeyIndex
 from netsentry.model import Batch
 
-STATE_SCHEMA: dict[str, Any] = {
-    "key": pl.UInt64,
-    "n": pl.Int64,
-    "mean": pl.Float64,
-    "m2": pl.Float64,
-    "pending_n": pl.Int64,
-    "pending_mean": pl.Float64,
-    "pending_m2": pl.Float64,
-    "streak": pl.Int16,
+STATE_DTYPES: dict[str, Any] = {
+    "key": np.uint64,
+    "n": np.int64,
+    "mean": np.float64,
+    "m2": np.float64,
+    "pending_n": np.int64,
+    "pending_mean": np.float64,
+    "pending_m2": np.float64,
+    "streak": np.int16,
 }
-_LAYOUT = {"detector": "zscore", "layout": list(STATE_SCHEMA), "version": 1}
+_LAYOUT = {"detector": "zscore", "layout": list(STATE_DTYPES), "version": 1}
 
 
 class ZScore:
@@ -102,38 +105,50 @@ class ZScore:
         self.min_count = min_count
         self.alternative: Alternative = alternative
         self.adapt_after = adapt_after
-        self.state_ = pl.DataFrame(schema=STATE_SCHEMA)
+        self._reset(KeyIndex(), {name: np.empty(0, dtype=dt) for name, dt in STATE_DTYPES.items()})
         self.rebaselined_: npt.NDArray[np.uint64] = np.empty(0, dtype=np.uint64)
+
+    def _reset(self, index: KeyIndex, columns: dict[str, np.ndarray]) -> None:
+        self._index = index
+        self._cols = {name: np.ascontiguousarray(columns[name], dtype=dt)
+                      for name, dt in STATE_DTYPES.items() if name != "key"}
+
+    def _grow(self, size: int) -> None:
+        for name, values in self._cols.items():
+            if len(values) < size:
+                grown = np.zeros(max(size, 2 * len(values)), dtype=values.dtype)
+                grown[: len(values)] = values
+                self._cols[name] = grown
+
+    @property
+    def state_(self) -> pl.DataFrame:
+        """The learned state, one row per entity (a copy, for reading)."""
+        size = len(self._index)
+        return pl.DataFrame({"key": self._index.keys.copy(),
+                             **{k: v[:size].copy() for k, v in self._cols.items()}})
 
     # -- scoring (pure) -------------------------------------------------------------
 
     def baseline(self, batch: Batch) -> pl.DataFrame:
         """Per row of ``batch``: the baseline ``n``, ``mean``, ``std`` and ``z``."""
-        rows = batch.frame.select("key", "value").join(
-            self.state_.select("key", "n", "mean", "m2"), on="key", how="left",
-            maintain_order="left",
-        )
-        n = rows["n"].fill_null(0).to_numpy()
-        mean = rows["mean"].fill_null(np.nan).to_numpy()
-        std = moments.std(n, rows["m2"].fill_null(0.0).to_numpy())
-        x = rows["value"].to_numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dev = x - mean
-            z = np.where(std > 0, dev / std, np.where(dev == 0, 0.0, np.sign(dev) * np.inf))
-        z = np.where(n >= self.min_count, z, 0.0)
+        rows = self._index.rows(batch.frame["key"].to_numpy())
+        n, mean, std, z = _zkernels.baseline(
+            rows, batch.frame["value"].to_numpy(), self._cols["n"], self._cols["mean"],
+            self._cols["m2"], self.min_count)
         return pl.DataFrame({"n": n, "mean": mean, "std": std, "z": z})
 
     def score(self, batch: Batch) -> npt.NDArray[np.float64]:
         """Higher is more anomalous; 0 while an entity is still learning."""
-        z = self.baseline(batch)["z"].to_numpy()
+        rows = self._index.rows(batch.frame["key"].to_numpy())
+        z = _zkernels.baseline(rows, batch.frame["value"].to_numpy(), self._cols["n"],
+                               self._cols["mean"], self._cols["m2"], self.min_count)[3]
         if self.alternative == "two-sided":
             return np.abs(z)
         return z if self.alternative == "greater" else -z
 
     def unseen(self, batch: Batch) -> npt.NDArray[np.bool_]:
         """Rows whose entity this detector has never seen."""
-        known = batch.frame["key"].is_in(self.state_["key"].implode())
-        return ~known.to_numpy()
+        return self._index.rows(batch.frame["key"].to_numpy()) < 0
 
     # -- learning -------------------------------------------------------------------
 
@@ -142,65 +157,14 @@ class ZScore:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != (len(batch),):
             raise ValueError(f"mask has shape {mask.shape}, batch has {len(batch)} rows")
-        rows = batch.frame.select("key", "time", "value").with_columns(
-            trusted=pl.Series(mask)
-        ).filter(pl.col("value").is_finite())
-        if rows.height == 0:
-            self.rebaselined_ = np.empty(0, dtype=np.uint64)
-            return
-        trusted = moments.grouped(rows.filter(pl.col("trusted"))).rename(
-            {"n": "tn", "mean": "tmean", "m2": "tm2"}
-        )
-        flagged = moments.grouped(rows.filter(~pl.col("trusted"))).rename(
-            {"n": "fn", "mean": "fmean", "m2": "fm2"}
-        )
-        ends_flagged = rows.group_by("key").agg(
-            (~pl.col("trusted").sort_by("time").last()).alias("ends_flagged")
-        )
-        touched = (
-            ends_flagged.join(trusted, on="key", how="left")
-            .join(flagged, on="key", how="left")
-            .join(self.state_, on="key", how="left")
-            .fill_null(0)
-        )
-        updated = self._update(touched)
-        self.rebaselined_ = updated.filter(pl.col("rebaselined"))["key"].to_numpy()
-        self.state_ = (
-            pl.concat(
-                [
-                    self.state_.join(updated.select("key"), on="key", how="anti"),
-                    updated.select(list(STATE_SCHEMA)).cast(STATE_SCHEMA),  # type: ignore[arg-type]
-                ]
-            )
-            .sort("key")
-        )
-
-    def _update(self, t: pl.DataFrame) -> pl.DataFrame:
-        """Fold one check into the state of the entities it touched."""
-        c = {name: t[name].to_numpy() for name in t.columns if name != "key"}
-        n, mean, m2 = moments.merge(c["n"], c["mean"], c["m2"], c["tn"], c["tmean"], c["tm2"])
-        ends_flagged = c["ends_flagged"].astype(bool)
-        pn, pmean, pm2 = moments.merge(
-            c["pending_n"], c["pending_mean"], c["pending_m2"], c["fn"], c["fmean"], c["fm2"]
-        )
-        pn = np.where(ends_flagged, pn, 0)
-        pmean = np.where(ends_flagged, pmean, 0.0)
-        pm2 = np.where(ends_flagged, pm2, 0.0)
-        streak = np.where(ends_flagged, c["streak"].astype(np.int64) + 1, 0)
-        adopt = (streak >= self.adapt_after) & (pn >= self.min_count)
-        return pl.DataFrame(
-            {
-                "key": t["key"],
-                "n": np.where(adopt, pn, n),
-                "mean": np.where(adopt, pmean, mean),
-                "m2": np.where(adopt, pm2, m2),
-                "pending_n": np.where(adopt, 0, pn),
-                "pending_mean": np.where(adopt, 0.0, pmean),
-                "pending_m2": np.where(adopt, 0.0, pm2),
-                "streak": np.minimum(np.where(adopt, 0, streak), np.iinfo(np.int16).max),
-                "rebaselined": adopt,
-            }
-        )
+        rows = self._index.rows(batch.frame["key"].to_numpy(), insert=True)
+        self._grow(len(self._index))
+        c = self._cols
+        adopted = _zkernels.learn(
+            rows, batch.frame["time"].to_numpy(), batch.frame["value"].to_numpy(), mask,
+            c["n"], c["mean"], c["m2"], c["pending_n"], c["pending_mean"], c["pending_m2"],
+            c["streak"], self.adapt_after, self.min_count)
+        self.rebaselined_ = self._index.keys[adopted]
 
     # -- persistence and merging ----------------------------------------------------
 
@@ -208,10 +172,9 @@ class ZScore:
         return fingerprint(_LAYOUT)
 
     def state_dict(self) -> State:
-        return {
-            "fingerprint": self.fingerprint(),
-            **{name: self.state_[name].to_numpy().copy() for name in STATE_SCHEMA},
-        }
+        size = len(self._index)
+        return {"fingerprint": self.fingerprint(), "key": self._index.keys.copy(),
+                **{name: values[:size].copy() for name, values in self._cols.items()}}
 
     def load_state(self, state: State) -> None:
         if state.get("fingerprint") != self.fingerprint():
@@ -219,31 +182,33 @@ class ZScore:
                 f"zscore state has fingerprint {state.get('fingerprint')!r}, "
                 f"expected {self.fingerprint()!r} (layout {_LAYOUT})"
             )
-        self.state_ = pl.DataFrame(
-            {name: pl.Series(name, state[name], dtype=dtype) for name, dtype in STATE_SCHEMA.items()}
-        ).sort("key")
+        self._reset(KeyIndex(state["key"]), state)
 
     def merge(self, other: Self) -> Self:
         """Combine with a detector trained on other data (e.g. another shard)."""
         merged = type(self)(
             min_count=self.min_count, alternative=self.alternative, adapt_after=self.adapt_after
         )
-        both = self.state_.join(other.state_, on="key", how="full", coalesce=True).fill_null(0)
-        n, mean, m2 = moments.merge(
-            both["n"].to_numpy(), both["mean"].to_numpy(), both["m2"].to_numpy(),
-            both["n_right"].to_numpy(), both["mean_right"].to_numpy(), both["m2_right"].to_numpy(),
-        )
-        pn, pmean, pm2 = moments.merge(
-            both["pending_n"].to_numpy(), both["pending_mean"].to_numpy(),
-            both["pending_m2"].to_numpy(), both["pending_n_right"].to_numpy(),
-            both["pending_mean_right"].to_numpy(), both["pending_m2_right"].to_numpy(),
-        )
-        streak = np.maximum(both["streak"].to_numpy(), both["streak_right"].to_numpy())
-        merged.state_ = pl.DataFrame(
-            {"key": both["key"], "n": n, "mean": mean, "m2": m2, "pending_n": pn,
-             "pending_mean": pmean, "pending_m2": pm2, "streak": streak}
-        ).cast(STATE_SCHEMA).sort("key")  # type: ignore[arg-type]
+        a, b = self.state_dict(), other.state_dict()
+        keys = np.concatenate([a["key"], b["key"][~np.isin(b["key"], a["key"])]])
+        index = KeyIndex(keys)
+        columns: dict[str, np.ndarray] = {
+            name: np.zeros(len(keys), dtype=dt) for name, dt in STATE_DTYPES.items()}
+        columns["key"] = keys
+        ra, rb = index.rows(a["key"]), index.rows(b["key"])
+        for prefix in ("", "pending_"):
+            na, nb = (np.zeros(len(keys), np.int64) for _ in range(2))
+            ma, mb, sa, sb = (np.zeros(len(keys)) for _ in range(4))
+            na[ra], ma[ra], sa[ra] = a[prefix + "n"], a[prefix + "mean"], a[prefix + "m2"]
+            nb[rb], mb[rb], sb[rb] = b[prefix + "n"], b[prefix + "mean"], b[prefix + "m2"]
+            n, mean, m2 = moments.merge(na, ma, sa, nb, mb, sb)
+            columns[prefix + "n"], columns[prefix + "mean"], columns[prefix + "m2"] = n, mean, m2
+        streak = np.zeros(len(keys), np.int16)
+        streak[ra] = a["streak"]
+        streak[rb] = np.maximum(streak[rb], b["streak"])
+        columns["streak"] = streak
+        merged._reset(index, columns)
         return merged
 
     def __len__(self) -> int:
-        return self.state_.height
+        return len(self._index)

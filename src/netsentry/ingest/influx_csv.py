@@ -124,11 +124,17 @@ def _value(text: str) -> float:
     raise ValueError(f"non-finite _value {text}")
 
 
-def _rows(stream: TextIO) -> Iterator[tuple[int, list[str]]]:
-    """CSV rows with the 1-based line number of their first line."""
+def _rows(stream: TextIO) -> Iterator[tuple[int, list[str] | str]]:
+    """CSV rows (or why a row cannot be read) with the line number of their first line."""
     reader = csv.reader(stream)
     end = 0
-    for row in reader:
+    while True:
+        try:
+            row: list[str] | str = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            row = f"unreadable CSV row: {exc}"
         start, end = end + 1, reader.line_num
         yield start, row
 
@@ -179,8 +185,13 @@ def _read(stream: TextIO, measurement: str | None, source: str) -> ParseResult:
     time_cache: dict[str, int] = {}
     after_annotation = False
     for line_no, row in _rows(stream):
+        if isinstance(row, str):
+            seen += 1
+            errors.append(LineError.make(source, line_no, row, ""))
+            continue
         if not any(row):
-            table = None  # a blank line ends a table
+            annotations, table = {}, None  # a blank line ends a table
+            after_annotation = False
             continue
         if row[0].startswith("#"):
             if not after_annotation:

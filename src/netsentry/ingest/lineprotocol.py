@@ -59,6 +59,13 @@ _BOOLS = frozenset({"t", "T", "true", "True", "TRUE", "f", "F", "false", "False"
 _SAME_NAME_FIELDS = frozenset({"value", "counter", "gauge", "untyped"})
 _MEASUREMENT_ESC = frozenset(", ")
 _KEY_ESC = frozenset(",= ")
+_Search = Callable[[str, int], "re.Match[str] | None"]
+_MEASUREMENT_SPECIAL: _Search = re.compile(r"[\\, ]").search
+_KEY_SPECIAL: _Search = re.compile(r"[\\,= ]").search
+_STRING_SPECIAL: _Search = re.compile(r'[\\"]').search
+_VALUE_END: _Search = re.compile(r"[, ]").search
+_NOT_SPACE: _Search = re.compile(r"[^ ]").search
+_KEY_END: Callable[[str], re.Match[str] | None] = re.compile(r"(?<!\\) ").search
 
 
 def field_measurement(measurement: str, field_key: str) -> str:
@@ -152,47 +159,48 @@ def _timestamp(raw: str, mult: int) -> int:
     return ts
 
 
-def _read(line: str, i: int, stops: str, escapes: frozenset[str]) -> tuple[str, int]:
-    """Unescaped token from ``line[i:]`` up to an unescaped stop character."""
-    n = len(line)
+def _read(line: str, i: int, special: _Search, escapes: frozenset[str]) -> tuple[str, int]:
+    """Unescaped token from ``line[i:]`` up to an unescaped separator."""
+    m = special(line, i)
+    if m is None or line[m.start()] != "\\":  # no escapes: the common case
+        j = len(line) if m is None else m.start()
+        return line[i:j], j
     out: list[str] = []
     start = i
-    while i < n:
-        c = line[i]
-        if c == "\\":
-            if i + 1 < n and line[i + 1] in escapes:
-                out.append(line[start:i])
-                start = i + 1
-                i += 2
-                continue
-        elif c in stops:
-            break
-        i += 1
-    out.append(line[start:i])
-    return "".join(out), i
+    while (m := special(line, i)) is not None:
+        j = m.start()
+        if line[j] != "\\":
+            out.append(line[start:j])
+            return "".join(out), j
+        if line[j + 1 : j + 2] in escapes:
+            out.append(line[start:j])
+            start = j + 1
+            i = j + 2
+        else:
+            i = j + 1
+    out.append(line[start:])
+    return "".join(out), len(line)
 
 
 def _skip_spaces(line: str, i: int) -> int:
-    n = len(line)
-    while i < n and line[i] == " ":
-        i += 1
-    return i
+    m = _NOT_SPACE(line, i)
+    return len(line) if m is None else m.start()
 
 
-def _scan_key(line: str) -> tuple[str, list[tuple[str, str]], int]:
-    """Measurement, tags and the end index of the key section, for any line."""
+def _scan_key(line: str) -> tuple[str, list[tuple[str, str]]]:
+    """Measurement and tags of a key section (up to the first unescaped space)."""
     n = len(line)
-    measurement, i = _read(line, 0, ", ", _MEASUREMENT_ESC)
+    measurement, i = _read(line, 0, _MEASUREMENT_SPECIAL, _MEASUREMENT_ESC)
     tags: list[tuple[str, str]] = []
     while i < n and line[i] == ",":
-        k, i = _read(line, i + 1, ",= ", _KEY_ESC)
+        k, i = _read(line, i + 1, _KEY_SPECIAL, _KEY_ESC)
         if i >= n or line[i] != "=":
             raise _RejectError(f"missing '=' in tag {k!r}")
-        v, i = _read(line, i + 1, ",= ", _KEY_ESC)
+        v, i = _read(line, i + 1, _KEY_SPECIAL, _KEY_ESC)
         if i < n and line[i] == "=":
             raise _RejectError(f"unescaped '=' in value of tag {k!r}")
         tags.append((k, v))
-    return measurement, tags, i
+    return measurement, tags
 
 
 def _scan_fields(line: str, i: int) -> tuple[list[tuple[str, str | None]], str | None]:
@@ -203,25 +211,25 @@ def _scan_fields(line: str, i: int) -> tuple[list[tuple[str, str | None]], str |
         raise _RejectError("missing field set")
     fields: list[tuple[str, str | None]] = []
     while True:
-        k, i = _read(line, i, ",= ", _KEY_ESC)
+        k, i = _read(line, i, _KEY_SPECIAL, _KEY_ESC)
         if i >= n or line[i] != "=":
             raise _RejectError(f"missing '=' in field {k!r}")
         i += 1
         if i < n and line[i] == '"':
-            i += 1
-            while i < n and line[i] != '"':
-                i += 2 if line[i] == "\\" else 1
-            if i >= n:
+            m = _STRING_SPECIAL(line, i + 1)
+            while m is not None and line[m.start()] == "\\":
+                m = _STRING_SPECIAL(line, m.start() + 2)
+            if m is None:
                 raise _UnterminatedError(f"unterminated string for field {k!r}")
-            i += 1
+            i = m.start() + 1
             if i < n and line[i] not in ", ":
                 raise _RejectError(f"unexpected text after string value of field {k!r}")
             fields.append((k, None))
         else:
-            start = i
-            while i < n and line[i] not in ", ":
-                i += 1
-            fields.append((k, line[start:i]))
+            m = _VALUE_END(line, i)
+            end = n if m is None else m.start()
+            fields.append((k, line[i:end]))
+            i = end
         if i < n and line[i] == ",":
             i += 1
             continue
@@ -229,12 +237,10 @@ def _scan_fields(line: str, i: int) -> tuple[list[tuple[str, str | None]], str |
     i = _skip_spaces(line, i)
     if i >= n:
         return fields, None
-    start = i
-    while i < n and line[i] != " ":
-        i += 1
-    if _skip_spaces(line, i) < n:
+    end = line.find(" ", i)
+    if end >= 0 and _skip_spaces(line, end) < n:
         raise _RejectError("unexpected text after timestamp")
-    return fields, line[start:i]
+    return fields, line[i : n if end < 0 else end]
 
 
 def _values(fields: Iterable[tuple[str, str | None]]) -> tuple[list[tuple[str, float]], int]:
@@ -321,8 +327,12 @@ class _Builder:
 
 def _slow_line(b: _Builder, line: str, mult: int, default_ts: int) -> int:
     """Parse a line with escapes or quotes into ``b``; returns ignored fields."""
-    measurement, tags, end = _scan_key(line)
-    key = b.key(line[:end], lambda: _key(measurement, tags))
+    # a separator is escaped exactly when a backslash precedes it ("\\" is no escape)
+    m = _KEY_END(line)
+    end = len(line) if m is None else m.start()
+    section = line[:end]
+    entry = b.keys.get(section)
+    key = entry if type(entry) is _Key else b.key(section, lambda: _key(*_scan_key(section)))
     fields, ts_raw = _scan_fields(line, end)
     values, ignored = _values(fields)
     b.add(key, values, default_ts if ts_raw is None else _timestamp(ts_raw, mult))

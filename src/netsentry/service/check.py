@@ -122,13 +122,10 @@ def detect(batch: Batch, store: Store, settings: DetectionSettings, report: Chec
         sub, kind = batch.only(measurement), kind_of(measurement)
         stats = report.per_measurement.setdefault(measurement, {"records": len(sub)})
         if kind == "created":
+            # (no new-entity report here: the family's *_total makes it)
             tracker = _load(CreatedTracker(), store, "created", measurement, outcome)
-            had_population = tracker.state_.height > 0
-            known = tracker.state_["key"]
             resets[family(measurement)], progress = tracker.resets(sub)
             outcome.states[("created", measurement)] = tracker.state_dict()
-            if had_population:
-                outcome.anomalies += _new_entity_anomalies(sub, known)
             report.late += progress.late
             report.resets += progress.resets
             continue
