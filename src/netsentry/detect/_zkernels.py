@@ -2,6 +2,25 @@
 
 Kept apart from the rules' documentation in :mod:`netsentry.detect.zscore`; each loop
 is the plain statement of a rule, one record at a time, without Python overhead.
+
+In memory an entity is one 64-byte row of an int64 matrix ``M`` (one cache line), read
+as float64 through a view ``F`` of the same buffer where a column holds a float:
+
+=====  ================  =====================================================
+col    holds             as
+=====  ================  =====================================================
+0      n                 int64: values learned in the baseline
+1      mean              float64 (``F``)
+2      m2                float64 (``F``): sum of squared deviations
+3      pending_n         int64: values in the candidate regime
+4      streak            int64: consecutive checks ending on a flagged value
+5      last trusted t    int64 scratch during ``learn`` (``UNTOUCHED`` outside)
+6      last flagged t    int64 scratch during ``learn``
+7      (spare)
+=====  ================  =====================================================
+
+The candidate regime's mean and m2 live in a separate float64 matrix ``P`` (n, 2): only
+flagged values and adoptions touch it.
 """
 
 from __future__ import annotations
@@ -9,49 +28,52 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from netsentry.detect.keyindex import find
+
+WIDTH = 8
+N, MEAN, M2, PN, STREAK, LAST_TRUSTED, LAST_FLAGGED = range(7)
+UNTOUCHED = np.iinfo(np.int64).min
+NEVER = np.iinfo(np.int64).min + 1
+
+
+TWO_SIDED, GREATER, LESS = 0, 1, 2
+
 
 @numba.njit(cache=True, nogil=True)
-def baseline(rows: np.ndarray, x: np.ndarray, n: np.ndarray, mean: np.ndarray,
-             m2: np.ndarray, min_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                      np.ndarray]:
-    """Per record: baseline count, mean, std (NaN below 2) and z (0 while learning)."""
-    size = rows.shape[0]
-    out_n = np.zeros(size, dtype=np.int64)
-    out_mean = np.full(size, np.nan)
-    out_std = np.full(size, np.nan)
-    out_z = np.zeros(size)
-    for i in range(size):
-        r = rows[i]
+def zscores(table: np.ndarray, bits: int, keys: np.ndarray, x: np.ndarray, M: np.ndarray,
+            F: np.ndarray, min_count: int, sign: int) -> np.ndarray:
+    """z of each record against its entity's baseline (0 while learning or unknown).
+
+    The key lookup is fused in (one pass); ``sign`` turns z into the score: ``|z|``
+    (``TWO_SIDED``), ``z`` (``GREATER``) or ``-z`` (``LESS``).
+    """
+    out = np.zeros(keys.shape[0])
+    for i in range(keys.shape[0]):
+        r = find(table, keys[i], bits)[0]
         if r < 0:
             continue
-        count = n[r]
-        out_n[i] = count
-        out_mean[i] = mean[r]
-        if count > 1:
-            out_std[i] = np.sqrt(max(m2[r], 0.0) / (count - 1))
-        if count >= min_count:
-            dev = x[i] - mean[r]
-            sd = out_std[i]
-            if sd > 0:
-                out_z[i] = dev / sd
-            elif dev != 0:
-                out_z[i] = np.inf if dev > 0 else -np.inf
-    return out_n, out_mean, out_std, out_z
+        n = M[r, N]
+        if n < min_count:
+            continue
+        dev = x[i] - F[r, MEAN]
+        sd = np.sqrt(max(F[r, M2], 0.0) / (n - 1))
+        z = dev / sd if sd > 0 else (0.0 if dev == 0 else (np.inf if dev > 0 else -np.inf))
+        out[i] = abs(z) if sign == TWO_SIDED else (z if sign == GREATER else -z)
+    return out
 
 
-@numba.njit(cache=True, nogil=True)
-def _welford(n: np.ndarray, mean: np.ndarray, m2: np.ndarray, r: int, x: float) -> None:
-    n[r] += 1
-    delta = x - mean[r]
-    mean[r] += delta / n[r]
-    m2[r] += delta * (x - mean[r])
+@numba.njit(cache=True, nogil=True, inline="always")
+def _welford(n: int, mean: float, m2: float, x: float) -> tuple[int, float, float]:
+    n += 1
+    delta = x - mean
+    mean += delta / n
+    return n, mean, m2 + delta * (x - mean)
 
 
 @numba.njit(cache=True, nogil=True)
 def learn(rows: np.ndarray, t: np.ndarray, x: np.ndarray, trusted: np.ndarray,
-          n: np.ndarray, mean: np.ndarray, m2: np.ndarray,
-          pn: np.ndarray, pmean: np.ndarray, pm2: np.ndarray, streak: np.ndarray,
-          adapt_after: int, min_count: int) -> np.ndarray:
+          M: np.ndarray, F: np.ndarray, P: np.ndarray, adapt_after: int,
+          min_count: int) -> np.ndarray:
     """Fold one check into the state; return the rows that were rebaselined.
 
     Trusted records update the baseline (Welford); flagged ones the candidate regime.
@@ -59,37 +81,38 @@ def learn(rows: np.ndarray, t: np.ndarray, x: np.ndarray, trusted: np.ndarray,
     candidate is dropped; a candidate that lasted ``adapt_after`` checks with at least
     ``min_count`` values becomes the baseline.
     """
-    entities = n.shape[0]
-    last_trusted = np.full(entities, np.iinfo(np.int64).min)
-    last_flagged = np.full(entities, np.iinfo(np.int64).min)
     touched = np.empty(rows.shape[0], dtype=np.int64)
-    seen = np.zeros(entities, dtype=np.bool_)
     count = 0
     for i in range(rows.shape[0]):
         if not np.isfinite(x[i]):
             continue
         r = rows[i]
-        if not seen[r]:
-            seen[r] = True
+        if M[r, LAST_TRUSTED] == UNTOUCHED:
+            M[r, LAST_TRUSTED] = NEVER
+            M[r, LAST_FLAGGED] = NEVER
             touched[count] = r
             count += 1
         if trusted[i]:
-            _welford(n, mean, m2, r, x[i])
-            last_trusted[r] = max(last_trusted[r], t[i])
+            M[r, N], F[r, MEAN], F[r, M2] = _welford(M[r, N], F[r, MEAN], F[r, M2], x[i])
+            if t[i] > M[r, LAST_TRUSTED]:
+                M[r, LAST_TRUSTED] = t[i]
         else:
-            _welford(pn, pmean, pm2, r, x[i])
-            last_flagged[r] = max(last_flagged[r], t[i])
+            M[r, PN], P[r, 0], P[r, 1] = _welford(M[r, PN], P[r, 0], P[r, 1], x[i])
+            if t[i] > M[r, LAST_FLAGGED]:
+                M[r, LAST_FLAGGED] = t[i]
     adopted = np.empty(count, dtype=np.int64)
     n_adopted = 0
     for j in range(count):
         r = touched[j]
-        if last_flagged[r] > last_trusted[r]:
-            streak[r] = min(streak[r] + 1, 32767)
-            if streak[r] >= adapt_after and pn[r] >= min_count:
-                n[r], mean[r], m2[r] = pn[r], pmean[r], pm2[r]
-                pn[r], pmean[r], pm2[r], streak[r] = 0, 0.0, 0.0, 0
+        if M[r, LAST_FLAGGED] > M[r, LAST_TRUSTED]:
+            M[r, STREAK] = min(M[r, STREAK] + 1, 32767)
+            if M[r, STREAK] >= adapt_after and M[r, PN] >= min_count:
+                M[r, N], F[r, MEAN], F[r, M2] = M[r, PN], P[r, 0], P[r, 1]
                 adopted[n_adopted] = r
                 n_adopted += 1
-        else:
-            pn[r], pmean[r], pm2[r], streak[r] = 0, 0.0, 0.0, 0
+                M[r, PN], M[r, STREAK], P[r, 0], P[r, 1] = 0, 0, 0.0, 0.0
+        elif M[r, PN] != 0 or M[r, STREAK] != 0:
+            M[r, PN], M[r, STREAK], P[r, 0], P[r, 1] = 0, 0, 0.0, 0.0
+        M[r, LAST_TRUSTED] = UNTOUCHED
+        M[r, LAST_FLAGGED] = UNTOUCHED
     return adopted[:n_adopted]

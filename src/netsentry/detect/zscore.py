@@ -42,8 +42,9 @@ NaN and inf
     non-finite values defensively, so one bad value can never poison an entity.
 
 The state costs 58 bytes per entity as stored (``bench/bench_check.py`` measures it).
-The per-record loops are compiled with numba (:mod:`netsentry.detect._zkernels`); the
-entity lookup is a hash index (:mod:`netsentry.detect.keyindex`).
+In memory it is one 64-byte row per entity; the per-record loops are compiled with
+numba (:mod:`netsentry.detect._zkernels`) and the entity lookup is a hash index
+(:mod:`netsentry.detect.keyindex`).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ import numpy.typing as npt
 import polars as pl
 
 from netsentry.config import Alternative
-from netsentry.detect import _zkernels, moments
+from netsentry.detect import _zkernels as K
+from netsentry.detect import moments
 from netsentry.detect.base import State, StateMismatchError, fingerprint
 from netsentry.detect.keyindex import KeyIndex
 from netsentry.model import Batch
@@ -109,42 +111,61 @@ class ZScore:
         self.rebaselined_: npt.NDArray[np.uint64] = np.empty(0, dtype=np.uint64)
 
     def _reset(self, index: KeyIndex, columns: dict[str, np.ndarray]) -> None:
+        """Lay the state out as one 64-byte row per entity (see ``_zkernels``)."""
+        size = len(index)
         self._index = index
-        self._cols = {name: np.ascontiguousarray(columns[name], dtype=dt)
-                      for name, dt in STATE_DTYPES.items() if name != "key"}
+        self._M = np.zeros((max(16, size), K.WIDTH), dtype=np.int64)
+        self._M[:, K.LAST_TRUSTED] = K.UNTOUCHED
+        self._M[:, K.LAST_FLAGGED] = K.UNTOUCHED
+        self._P = np.zeros((len(self._M), 2))
+        F = self._M.view(np.float64)
+        self._M[:size, K.N] = columns["n"]
+        F[:size, K.MEAN] = columns["mean"]
+        F[:size, K.M2] = columns["m2"]
+        self._M[:size, K.PN] = columns["pending_n"]
+        self._M[:size, K.STREAK] = columns["streak"]
+        self._P[:size, 0] = columns["pending_mean"]
+        self._P[:size, 1] = columns["pending_m2"]
 
     def _grow(self, size: int) -> None:
-        for name, values in self._cols.items():
-            if len(values) < size:
-                grown = np.zeros(max(size, 2 * len(values)), dtype=values.dtype)
-                grown[: len(values)] = values
-                self._cols[name] = grown
+        if size <= len(self._M):
+            return
+        capacity = max(size, 2 * len(self._M))
+        M = np.zeros((capacity, K.WIDTH), dtype=np.int64)
+        M[:, K.LAST_TRUSTED] = K.UNTOUCHED
+        M[:, K.LAST_FLAGGED] = K.UNTOUCHED
+        M[: len(self._M)] = self._M
+        P = np.zeros((capacity, 2))
+        P[: len(self._P)] = self._P
+        self._M, self._P = M, P
 
     @property
     def state_(self) -> pl.DataFrame:
         """The learned state, one row per entity (a copy, for reading)."""
-        size = len(self._index)
-        return pl.DataFrame({"key": self._index.keys.copy(),
-                             **{k: v[:size].copy() for k, v in self._cols.items()}})
+        return pl.DataFrame({k: v for k, v in self.state_dict().items() if k != "fingerprint"})
 
     # -- scoring (pure) -------------------------------------------------------------
+
+    def _z(self, batch: Batch, sign: int = K.GREATER) -> npt.NDArray[np.float64]:
+        table, bits = self._index.table
+        keys = np.ascontiguousarray(batch.frame["key"].to_numpy()).view(np.int64)
+        return K.zscores(table, bits, keys, batch.frame["value"].to_numpy(),  # type: ignore[no-any-return]
+                         self._M, self._M.view(np.float64), self.min_count, sign)
 
     def baseline(self, batch: Batch) -> pl.DataFrame:
         """Per row of ``batch``: the baseline ``n``, ``mean``, ``std`` and ``z``."""
         rows = self._index.rows(batch.frame["key"].to_numpy())
-        n, mean, std, z = _zkernels.baseline(
-            rows, batch.frame["value"].to_numpy(), self._cols["n"], self._cols["mean"],
-            self._cols["m2"], self.min_count)
-        return pl.DataFrame({"n": n, "mean": mean, "std": std, "z": z})
+        known = rows >= 0
+        safe = np.where(known, rows, 0)
+        n = np.where(known, self._M[safe, K.N], 0)
+        mean = np.where(known, self._M.view(np.float64)[safe, K.MEAN], np.nan)
+        std = moments.std(n, np.where(known, self._M.view(np.float64)[safe, K.M2], 0.0))
+        return pl.DataFrame({"n": n, "mean": mean, "std": std, "z": self._z(batch)})
 
     def score(self, batch: Batch) -> npt.NDArray[np.float64]:
         """Higher is more anomalous; 0 while an entity is still learning."""
-        rows = self._index.rows(batch.frame["key"].to_numpy())
-        z = _zkernels.baseline(rows, batch.frame["value"].to_numpy(), self._cols["n"],
-                               self._cols["mean"], self._cols["m2"], self.min_count)[3]
-        if self.alternative == "two-sided":
-            return np.abs(z)
-        return z if self.alternative == "greater" else -z
+        sign = {"two-sided": K.TWO_SIDED, "greater": K.GREATER, "less": K.LESS}
+        return self._z(batch, sign[self.alternative])
 
     def unseen(self, batch: Batch) -> npt.NDArray[np.bool_]:
         """Rows whose entity this detector has never seen."""
@@ -159,11 +180,9 @@ class ZScore:
             raise ValueError(f"mask has shape {mask.shape}, batch has {len(batch)} rows")
         rows = self._index.rows(batch.frame["key"].to_numpy(), insert=True)
         self._grow(len(self._index))
-        c = self._cols
-        adopted = _zkernels.learn(
-            rows, batch.frame["time"].to_numpy(), batch.frame["value"].to_numpy(), mask,
-            c["n"], c["mean"], c["m2"], c["pending_n"], c["pending_mean"], c["pending_m2"],
-            c["streak"], self.adapt_after, self.min_count)
+        adopted = K.learn(rows, batch.frame["time"].to_numpy(), batch.frame["value"].to_numpy(),
+                          mask, self._M, self._M.view(np.float64), self._P, self.adapt_after,
+                          self.min_count)
         self.rebaselined_ = self._index.keys[adopted]
 
     # -- persistence and merging ----------------------------------------------------
@@ -173,8 +192,14 @@ class ZScore:
 
     def state_dict(self) -> State:
         size = len(self._index)
-        return {"fingerprint": self.fingerprint(), "key": self._index.keys.copy(),
-                **{name: values[:size].copy() for name, values in self._cols.items()}}
+        M, F = self._M[:size], self._M.view(np.float64)[:size]
+        return {
+            "fingerprint": self.fingerprint(), "key": self._index.keys.copy(),
+            "n": M[:, K.N].copy(), "mean": F[:, K.MEAN].copy(), "m2": F[:, K.M2].copy(),
+            "pending_n": M[:, K.PN].copy(), "pending_mean": self._P[:size, 0].copy(),
+            "pending_m2": self._P[:size, 1].copy(),
+            "streak": M[:, K.STREAK].astype(np.int16),
+        }
 
     def load_state(self, state: State) -> None:
         if state.get("fingerprint") != self.fingerprint():
