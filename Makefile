@@ -21,7 +21,8 @@ demo: $(VENV)/.installed
 	$(BIN)/netsentry demo
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/mypy
 
 test: $(VENV)/.installed-test lint

@@ -44,11 +44,15 @@ def make_batch(rows: int, entities: int, seed: int, t0: int = 0, every: bool = F
     spikes = rng.random(rows) < 0.001
     values[spikes] += 500.0
     empty = pl.repeat("", rows, dtype=pl.String, eager=True)
-    frame = pl.DataFrame({
-        "time": t0 + np.arange(rows, dtype=np.int64),
-        "measurement": pl.repeat("m", rows, dtype=pl.String, eager=True),
-        "value": values, "key": keys[which], **{t: empty for t in KEY_TAGS},
-    }).select(list(SCHEMA))
+    frame = pl.DataFrame(
+        {
+            "time": t0 + np.arange(rows, dtype=np.int64),
+            "measurement": pl.repeat("m", rows, dtype=pl.String, eager=True),
+            "value": values,
+            "key": keys[which],
+            **{t: empty for t in KEY_TAGS},
+        }
+    ).select(list(SCHEMA))
     return Batch(frame)
 
 
@@ -63,8 +67,13 @@ def plain_state(detector: ZScore) -> dict[int, list[float]]:
     state = detector.state_dict()
     return {
         k: [float(n), mean, m2]
-        for k, n, mean, m2 in zip(state["key"].tolist(), state["n"].tolist(),
-                                  state["mean"].tolist(), state["m2"].tolist(), strict=True)
+        for k, n, mean, m2 in zip(
+            state["key"].tolist(),
+            state["n"].tolist(),
+            state["mean"].tolist(),
+            state["m2"].tolist(),
+            strict=True,
+        )
     }
 
 
@@ -115,9 +124,11 @@ def run(rows: int, entities: int, repeats: int) -> None:
         assert ours == theirs, f"verdicts differ: {ours} vs {theirs}"
 
     blob = encode_state(detector.state_dict())
-    print(f"{rows:>11,} records {entities:>9,} entities | netsentry {rows / vec_s:>12,.0f} rec/s"
-          f" | plain loop {rows / loop_s:>10,.0f} rec/s | x{loop_s / vec_s:6.1f}"
-          f" | state {len(blob) / len(detector):5.1f} B/entity | {ours} flagged (same)")
+    print(
+        f"{rows:>11,} records {entities:>9,} entities | netsentry {rows / vec_s:>12,.0f} rec/s"
+        f" | plain loop {rows / loop_s:>10,.0f} rec/s | x{loop_s / vec_s:6.1f}"
+        f" | state {len(blob) / len(detector):5.1f} B/entity | {ours} flagged (same)"
+    )
 
 
 def end_to_end(rows: int, entities: int) -> None:
@@ -134,9 +145,11 @@ def end_to_end(rows: int, entities: int) -> None:
         appended = time.perf_counter()
         report = run_check(store, settings)
         done = time.perf_counter()
-    print(f"end to end, {rows:,} records over {entities:,} entities: append "
-          f"{rows / (appended - start):,.0f} rec/s, run_check {rows / (done - appended):,.0f} "
-          f"rec/s ({report.anomalies} anomalies)")
+    print(
+        f"end to end, {rows:,} records over {entities:,} entities: append "
+        f"{rows / (appended - start):,.0f} rec/s, run_check {rows / (done - appended):,.0f} "
+        f"rec/s ({report.anomalies} anomalies)"
+    )
 
 
 def main() -> None:

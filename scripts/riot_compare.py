@@ -38,17 +38,22 @@ def main() -> int:
         replay(store, settings, riot_export())
         with store.read() as db:
             ours = pl.DataFrame(
-                db.execute("SELECT a.measurement, a.time, a.key, a.detector, a.value, "
-                           "a.explanation FROM anomalies a").fetchall(),
+                db.execute(
+                    "SELECT a.measurement, a.time, a.key, a.detector, a.value, "
+                    "a.explanation FROM anomalies a"
+                ).fetchall(),
                 schema=["measurement", "time", "key", "detector", "value", "explanation"],
-                orient="row")
+                orient="row",
+            )
     ours = ours.with_columns(pl.Series("key", to_unsigned(ours["key"].to_numpy())))
     batch = riot_export().frame
     print("| measurement | reference anomaly_diff | netsentry z-score | new entities | both |")
     print("|---|---|---|---|---|")
     for m in RIOT_MEASUREMENTS:
-        ref = reference(m).join(batch.filter(pl.col("measurement") == m)
-                                .select("time", "key", *KEY_TAGS), on=["time", *KEY_TAGS])
+        ref = reference(m).join(
+            batch.filter(pl.col("measurement") == m).select("time", "key", *KEY_TAGS),
+            on=["time", *KEY_TAGS],
+        )
         flagged_ref = ref.filter(pl.col("anomaly_diff") == 1).select("time", "key")
         z = ours.filter((pl.col("measurement") == m) & (pl.col("detector") == "zscore"))
         new = ours.filter((pl.col("measurement") == m) & (pl.col("detector") == "new_entity"))
@@ -57,12 +62,16 @@ def main() -> int:
     print()
     z_all = ours.filter(pl.col("detector") == "zscore")
     infinite = z_all.filter(pl.col("explanation").str.contains('"z": null'))
-    print(f"netsentry z-score anomalies: {z_all.height}, of which {infinite.height} against a "
-          f"zero-variance baseline; {z_all['key'].n_unique()} distinct entities")
+    print(
+        f"netsentry z-score anomalies: {z_all.height}, of which {infinite.height} against a "
+        f"zero-variance baseline; {z_all['key'].n_unique()} distinct entities"
+    )
     print()
     for m in RIOT_MEASUREMENTS:
-        ref = reference(m).join(batch.filter(pl.col("measurement") == m)
-                                .select("time", "key", *KEY_TAGS), on=["time", *KEY_TAGS])
+        ref = reference(m).join(
+            batch.filter(pl.col("measurement") == m).select("time", "key", *KEY_TAGS),
+            on=["time", *KEY_TAGS],
+        )
         ref = ref.sort("key", "time").with_columns(
             prev_same=pl.col("value").shift(1).over("key"),
             seen_before=pl.int_range(pl.len()).over("key"),
@@ -70,15 +79,19 @@ def main() -> int:
         rows = ref.filter(pl.col("anomaly_diff") == 1).sort("time")
         z = ours.filter((pl.col("measurement") == m) & (pl.col("detector") == "zscore"))
         print(f"### {m}: rows the reference flagged\n")
-        print("| time | entity | service | raw value | reference _value_diff "
-              "| same entity's previous value | samples before | netsentry |")
+        print(
+            "| time | entity | service | raw value | reference _value_diff "
+            "| same entity's previous value | samples before | netsentry |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for r in rows.iter_rows(named=True):
             hit = z.filter((pl.col("time") == r["time"]) & (pl.col("key") == r["key"]))
             verdict = "flagged" if hit.height else "not flagged"
             prev = "none" if r["prev_same"] is None else f"{r['prev_same']:.6g}"
-            print(f"| {r['_time']} | {format_key(r['key'])} | {r['service']} | {r['value']:.6g} "
-                  f"| {float(r['_value_diff']):.6g} | {prev} | {r['seen_before']} | {verdict} |")
+            print(
+                f"| {r['_time']} | {format_key(r['key'])} | {r['service']} | {r['value']:.6g} "
+                f"| {float(r['_value_diff']):.6g} | {prev} | {r['seen_before']} | {verdict} |"
+            )
         print()
     return 0
 

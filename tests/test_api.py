@@ -29,14 +29,17 @@ def feed_and_check(client, settings, hours=12, spike=None):
     for h in range(hours):
         for i in range(3):
             totals[i] += 100 + (h % 3) + (5000 if spike == (h, i) else 0)
-            lines.append(f"tdmp_bytes_total,src=10.0.0.{i},dst=10.0.0.9,service=http "
-                         f"value={totals[i]} {h * HOUR}")
+            lines.append(
+                f"tdmp_bytes_total,src=10.0.0.{i},dst=10.0.0.9,service=http "
+                f"value={totals[i]} {h * HOUR}"
+            )
     store = client.app.state.store
     token = {"Authorization": f"Bearer {settings.api_token.get_secret_value()}"}
     reports = []
     for h in range(hours):  # one check per hour, as the service would run them
-        response = client.post("/write", params={"db": "x"}, headers=token,
-                               content="\n".join(lines[3 * h:3 * h + 3]))
+        response = client.post(
+            "/write", params={"db": "x"}, headers=token, content="\n".join(lines[3 * h : 3 * h + 3])
+        )
         assert response.status_code == 204, response.text
         reports.append(run_check(store, effective(settings, store)))
     return reports
@@ -45,16 +48,22 @@ def feed_and_check(client, settings, hours=12, spike=None):
 def test_write_accepts_line_protocol_and_gzip(client, auth):
     assert write(client, LINES, auth).status_code == 204
     body = gzip.compress(LINES.replace("value=", "value=1").encode())
-    r = client.post("/write", params={"db": "t", "precision": "ns"}, content=body,
-                    headers={**auth, "Content-Encoding": "gzip"})
+    r = client.post(
+        "/write",
+        params={"db": "t", "precision": "ns"},
+        content=body,
+        headers={**auth, "Content-Encoding": "gzip"},
+    )
     assert r.status_code == 204
     status = client.get("/status").json()
     assert status["counters"]["records_ingested"] == 6
     assert status["inbox"]["pending"] == 6
 
 
-@pytest.mark.parametrize("precision,factor", [("s", 10**9), ("ms", 10**6), ("u", 10**3),
-                                              ("n", 1), ("m", 60 * 10**9), ("h", 3600 * 10**9)])
+@pytest.mark.parametrize(
+    "precision,factor",
+    [("s", 10**9), ("ms", 10**6), ("u", 10**3), ("n", 1), ("m", 60 * 10**9), ("h", 3600 * 10**9)],
+)
 def test_write_precisions(client, auth, precision, factor):
     assert write(client, "cpu,src=a value=1 7", auth, precision=precision).status_code == 204
     store: Store = client.app.state.store
@@ -71,18 +80,28 @@ def test_partial_write_keeps_good_lines_and_names_the_bad_one(client, auth):
     assert error["errors"][0]["text"] == "cpu,src=a value=oops 2"
     status = client.get("/status").json()
     assert status["counters"]["errors_ingest"] == 1
-    assert "line 2" in status["recent_errors"][0]["message"] or \
-        ":2:" in status["recent_errors"][0]["message"]
+    assert (
+        "line 2" in status["recent_errors"][0]["message"]
+        or ":2:" in status["recent_errors"][0]["message"]
+    )
 
 
 def test_write_refusals(client, auth):
     assert write(client, LINES, {}).status_code == 401
-    assert write(client, LINES, {"Authorization": "Bearer wrong-token-wrong-token"}).status_code == 401
-    assert client.post("/write", content=LINES, headers=auth).json() == {"error": "database is required"}
+    assert (
+        write(client, LINES, {"Authorization": "Bearer wrong-token-wrong-token"}).status_code == 401
+    )
+    assert client.post("/write", content=LINES, headers=auth).json() == {
+        "error": "database is required"
+    }
     r = write(client, LINES, auth, precision="us")
     assert r.status_code == 400 and "precision" in r.json()["error"]
-    r = client.post("/write", params={"db": "x"}, content=b"not gzip",
-                    headers={**auth, "Content-Encoding": "gzip"})
+    r = client.post(
+        "/write",
+        params={"db": "x"},
+        content=b"not gzip",
+        headers={**auth, "Content-Encoding": "gzip"},
+    )
     assert r.status_code == 400 and "gzip" in r.json()["error"]
 
 
@@ -94,20 +113,23 @@ def test_write_body_limit_also_after_decompression(tmp_path, auth):
     from netsentry.api.app import create_app
     from netsentry.config import Settings
 
-    small = Settings(db=tmp_path / "s.sqlite", api_token=SecretStr(TOKEN), max_body_bytes=1000,
-                     _env_file=None)
+    small = Settings(
+        db=tmp_path / "s.sqlite", api_token=SecretStr(TOKEN), max_body_bytes=1000, _env_file=None
+    )
     with TestClient(create_app(small)) as c:
         bomb = gzip.compress(b"cpu value=1\n" * 10_000)
         assert len(bomb) < 1000
-        r = c.post("/write", params={"db": "x"}, content=bomb,
-                   headers={**auth, "Content-Encoding": "gzip"})
+        r = c.post(
+            "/write", params={"db": "x"}, content=bomb, headers={**auth, "Content-Encoding": "gzip"}
+        )
         assert r.status_code == 413
         assert write(c, "x" * 2000, auth).status_code == 413
 
 
 def test_influx_style_credentials(client):
-    from conftest import TOKEN
     import base64
+
+    from conftest import TOKEN
 
     basic = base64.b64encode(f"telegraf:{TOKEN}".encode()).decode()
     assert write(client, LINES, {"Authorization": f"Basic {basic}"}).status_code == 204
@@ -137,7 +159,8 @@ def test_stats_routes(client, settings):
     assert row["sum"] == pytest.approx(row["mean"] * row["n"])
     one = client.get(f"/tdmp_bytes_total/stats/{row['key']}").json()
     assert one["mean"] == row["mean"] and one["sum_of_squares"] == pytest.approx(
-        row["std"] ** 2 * (row["n"] - 1) + row["n"] * row["mean"] ** 2)
+        row["std"] ** 2 * (row["n"] - 1) + row["n"] * row["mean"] ** 2
+    )
     assert client.get(f"/tdmp_bytes_total/stats/{row['key'].upper()}").status_code == 200
     assert client.get("/tdmp_bytes_total/stats/xyz").status_code == 400
     assert client.get("/tdmp_bytes_total/stats/0000000000000000").status_code == 404
@@ -178,8 +201,12 @@ def test_anomalies_and_feedback(client, settings, auth):
     # a second false_positive does not fold twice
     client.post(url, json={"status": "false_positive"}, headers=auth)
     assert client.get(f"/tdmp_bytes_total/stats/{key}").json()["n"] == after["n"]
-    assert client.post("/anomalies/nope/feedback", json={"status": "confirmed"},
-                       headers=auth).status_code == 404
+    assert (
+        client.post(
+            "/anomalies/nope/feedback", json={"status": "confirmed"}, headers=auth
+        ).status_code
+        == 404
+    )
     assert client.get("/anomalies/nope").status_code == 404
     assert client.get("/nope/anomalies").status_code == 404
     assert client.get("/tdmp_bytes_total/anomalies", params={"limit": 0}).status_code == 422
@@ -200,8 +227,13 @@ def test_config_routes(client, auth):
     assert client.put("/config", json={"tolerance": 4.5}).status_code == 401
     r = client.put("/config", json={"tolerance": 4.5, "frequency": 6}, headers=auth)
     assert r.status_code == 200 and r.json()["tolerance"] == 4.5 and r.json()["frequency"] == 6
-    for bad in ({"tolerance": 1.9}, {"tolerance": 6.1}, {"frequency": 0}, {"frequency": 169},
-                {"color": "red"}):
+    for bad in (
+        {"tolerance": 1.9},
+        {"tolerance": 6.1},
+        {"frequency": 0},
+        {"frequency": 169},
+        {"color": "red"},
+    ):
         r = client.put("/config", json=bad, headers=auth)
         assert r.status_code == 422, bad
         assert r.json()["error"]
@@ -212,10 +244,18 @@ def test_config_routes(client, auth):
 def test_index_status_metrics_openapi(client, settings):
     feed_and_check(client, settings)
     paths = [r["path"] for r in client.get("/").json()["routes"]]
-    assert "/{entity_type}" == paths[-1] or "/{entity_type}" in paths
-    for p in ("/write", "/status", "/{measurement}/stats", "/{measurement}/stats/{key}",
-              "/{entity_type}", "/{measurement}/anomalies", "/anomalies/{anomaly_id}/feedback",
-              "/config", "/metrics"):
+    assert paths[-1] == "/{entity_type}" or "/{entity_type}" in paths
+    for p in (
+        "/write",
+        "/status",
+        "/{measurement}/stats",
+        "/{measurement}/stats/{key}",
+        "/{entity_type}",
+        "/{measurement}/anomalies",
+        "/anomalies/{anomaly_id}/feedback",
+        "/config",
+        "/metrics",
+    ):
         assert p in paths
     status = client.get("/status").json()
     assert status["last_check"]["records"] == 3 and status["entities"] == 3
@@ -234,10 +274,18 @@ def test_official_influxdb_client_writes_through_a_real_server(live_server, sett
     from conftest import TOKEN
 
     points = [
-        Point("tdmp_bytes_total").tag("src", "dev one").tag("dst", "a,b=c")
-        .tag("service", "mqtt").field("value", 42.5).time(1_639_069_200, WritePrecision.S),
-        Point("cpu").tag("src", "h").field("usage_idle", 97.0).field("usage_user", 2)
-        .field("note", "text is ignored").time(1_639_069_200_000, WritePrecision.MS),
+        Point("tdmp_bytes_total")
+        .tag("src", "dev one")
+        .tag("dst", "a,b=c")
+        .tag("service", "mqtt")
+        .field("value", 42.5)
+        .time(1_639_069_200, WritePrecision.S),
+        Point("cpu")
+        .tag("src", "h")
+        .field("usage_idle", 97.0)
+        .field("usage_user", 2)
+        .field("note", "text is ignored")
+        .time(1_639_069_200_000, WritePrecision.MS),
     ]
     with InfluxDBClient(url=live_server, token=TOKEN, org="netsentry") as influx:
         write_api = influx.write_api(write_options=SYNCHRONOUS)
@@ -245,9 +293,17 @@ def test_official_influxdb_client_writes_through_a_real_server(live_server, sett
         write_api.write(bucket="net", record=points[1], write_precision=WritePrecision.MS)
     store = Store(settings.db)
     frame = store.read_inbox(0, store.inbox_head()).frame.sort("measurement")
-    assert frame["measurement"].to_list() == ["cpu_usage_idle", "cpu_usage_user",
-                                              "tdmp_bytes_total"]
+    assert frame["measurement"].to_list() == [
+        "cpu_usage_idle",
+        "cpu_usage_user",
+        "tdmp_bytes_total",
+    ]
     row = frame.row(2, named=True)
     assert (row["src"], row["dst"], row["service"], row["value"], row["time"]) == (
-        "dev one", "a,b=c", "mqtt", 42.5, 1_639_069_200 * 10**9)
+        "dev one",
+        "a,b=c",
+        "mqtt",
+        42.5,
+        1_639_069_200 * 10**9,
+    )
     assert frame["time"][0] == 1_639_069_200 * 10**9

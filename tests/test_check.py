@@ -40,11 +40,16 @@ def dump(store: Store) -> dict:
         }
         anomalies = db.execute(
             "SELECT id, time, measurement, key, value, score, threshold, detector, explanation, "
-            "status FROM anomalies ORDER BY id").fetchall()
+            "status FROM anomalies ORDER BY id"
+        ).fetchall()
         checkpoints = db.execute("SELECT source, watermark FROM checkpoints").fetchall()
     counters = {k: v for k, v in store.counters().items() if k != "check_seconds"}
-    return {"states": states, "anomalies": anomalies, "checkpoints": checkpoints,
-            "counters": counters}
+    return {
+        "states": states,
+        "anomalies": anomalies,
+        "checkpoints": checkpoints,
+        "counters": counters,
+    }
 
 
 def test_riot_replay_flags_with_explanations(tmp_path, riot):
@@ -56,8 +61,10 @@ def test_riot_replay_flags_with_explanations(tmp_path, riot):
     assert sum(r.records for r in reports) == sum(len(c) for c in hours(riot, 40))
     assert store.watermark(INBOX) == store.inbox_head()
     with store.read() as db:
-        rows = db.execute("SELECT detector, value, score, threshold, explanation FROM anomalies "
-                          "WHERE detector = 'zscore'").fetchall()
+        rows = db.execute(
+            "SELECT detector, value, score, threshold, explanation FROM anomalies "
+            "WHERE detector = 'zscore'"
+        ).fetchall()
         components = {r[0] for r in db.execute("SELECT component FROM state")}
     assert components == {"zscore", "counter", "created"}
     assert rows, "the RIoT export has counter bursts that the z-score flags"
@@ -86,10 +93,14 @@ def test_failure_at_commit_leaves_no_trace_and_rerun_matches(tmp_path, riot):
         faulty.append(chunk)
         before = dump(faulty)
         with faulty.read() as db:  # fail the last statement of the check's transaction
-            db.execute("CREATE TRIGGER fail BEFORE INSERT ON checkpoints "
-                       "BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
-            db.execute("CREATE TRIGGER fail2 BEFORE UPDATE ON checkpoints "
-                       "BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
+            db.execute(
+                "CREATE TRIGGER fail BEFORE INSERT ON checkpoints "
+                "BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+            )
+            db.execute(
+                "CREATE TRIGGER fail2 BEFORE UPDATE ON checkpoints "
+                "BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+            )
         with pytest.raises(sqlite3.IntegrityError, match="injected fault"):
             run_check(faulty, SETTINGS)
         assert dump(faulty) == before
@@ -114,8 +125,7 @@ def test_killed_check_process_reruns_to_the_same_state(tmp_path, riot):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     outcomes = []
     for delay in (0.3, 0.6, 0.9, 1.2, 1.5, 1.8):
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE)
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         process.wait()

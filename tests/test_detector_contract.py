@@ -23,8 +23,9 @@ def make_batch(seed: int, rows: int = 200, entities: int = 7, t0: int = 0) -> Ba
     rng = np.random.default_rng(seed)
     src = rng.integers(0, entities, rows)
     values = rng.normal(100, 10, rows) + src * 50
-    return Batch.from_columns(t0 + np.arange(rows) * HOUR, ["m"] * rows, values,
-                              {"src": [f"10.0.0.{s}" for s in src]})
+    return Batch.from_columns(
+        t0 + np.arange(rows) * HOUR, ["m"] * rows, values, {"src": [f"10.0.0.{s}" for s in src]}
+    )
 
 
 @pytest.fixture(params=sorted(DETECTORS))

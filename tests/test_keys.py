@@ -11,8 +11,12 @@ from netsentry.keys import canonical_encoding, entity_key, format_key, parse_key
 from netsentry.model import KEY_TAGS, Batch
 
 RIOT_MUNIN = {
-    "dst": "94.234.170.123", "dstp": "munin", "proto": "tcp", "service": "munin",
-    "src": "demo.riotlocal", "srcp": "iotserver-exchange",
+    "dst": "94.234.170.123",
+    "dstp": "munin",
+    "proto": "tcp",
+    "service": "munin",
+    "src": "demo.riotlocal",
+    "srcp": "iotserver-exchange",
     "url": "http://demo.riotsecure.io:7888/metrics",
 }
 
@@ -68,8 +72,10 @@ def test_vectorized_keys_match_scalar(rows):
     assert keyed["key"].to_list() == [entity_key(r) for r in rows]
 
 
-@given(st.dictionaries(st.sampled_from(KEY_TAGS), tag_values),
-       st.dictionaries(st.sampled_from(KEY_TAGS), tag_values))
+@given(
+    st.dictionaries(st.sampled_from(KEY_TAGS), tag_values),
+    st.dictionaries(st.sampled_from(KEY_TAGS), tag_values),
+)
 def test_distinct_tag_sets_get_distinct_encodings(a, b):
     same = all(a.get(t, "") == b.get(t, "") for t in KEY_TAGS)
     assert (canonical_encoding(a) == canonical_encoding(b)) == same

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import polars as pl
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers import HOUR, batch, series
 from netsentry.model import Batch
 from netsentry.series import (
-    CounterIncrease, CreatedTracker, GaugePassThrough, family, kind_of,
+    CounterIncrease,
+    CreatedTracker,
+    GaugePassThrough,
+    family,
+    kind_of,
 )
 
 
@@ -63,8 +67,9 @@ def test_late_and_duplicate_samples():
     late = Batch.from_columns([HOUR, 5 * HOUR], ["x_total"] * 2, [99.0, 50.0], {"src": ["a", "a"]})
     out, progress = counter.increases(late)
     assert progress.late == 1 and out.frame["value"].to_list() == pytest.approx([20.0 / 3])
-    dup = Batch.from_columns([6 * HOUR, 6 * HOUR], ["x_total"] * 2, [1e6, 60.0],
-                             {"src": ["a", "a"]})
+    dup = Batch.from_columns(
+        [6 * HOUR, 6 * HOUR], ["x_total"] * 2, [1e6, 60.0], {"src": ["a", "a"]}
+    )
     out, _ = counter.increases(dup)
     assert out.frame["value"].to_list() == [10.0]  # the last of the duplicates counts
 

@@ -24,7 +24,8 @@ small = st.floats(min_value=-10, max_value=10, allow_nan=False).map(lambda v: ro
 offsets = st.sampled_from([0.0, 1e3, 1e9, -1e9])
 checks_strategy = st.lists(
     st.lists(st.tuples(st.sampled_from(KEYS), small), min_size=0, max_size=12),
-    min_size=1, max_size=8,
+    min_size=1,
+    max_size=8,
 )
 
 
@@ -39,8 +40,9 @@ def reference_z(learned: list[float], x: float, min_count: int) -> float:
 
 
 @settings(max_examples=150, deadline=None)
-@given(checks=checks_strategy, offset=offsets, min_count=st.integers(2, 5),
-       tolerance=st.floats(2, 6))
+@given(
+    checks=checks_strategy, offset=offsets, min_count=st.integers(2, 5), tolerance=st.floats(2, 6)
+)
 def test_z_matches_batch_reference_check_by_check(checks, offset, min_count, tolerance):
     detector = ZScore(min_count=min_count, adapt_after=10_000)
     threshold = Tolerance(tolerance)
@@ -55,15 +57,20 @@ def test_z_matches_batch_reference_check_by_check(checks, offset, min_count, tol
         # float64 cannot place a value near 1e9 closer than one ulp (1.2e-7): a deviation,
         # the mean and the std each carry a few ulps of the magnitude, relative to the
         # spread, so z carries (c + |z|) of them. Nothing looser is allowed.
-        ulp_over_sd = np.array([
-            8 * np.spacing(abs(x) + 1.0) / statistics.stdev(learned[k])
-            if len(learned[k]) >= max(min_count, 2) and statistics.stdev(learned[k]) > 0 else 0.0
-            for k, x in rows
-        ])
+        ulp_over_sd = np.array(
+            [
+                8 * np.spacing(abs(x) + 1.0) / statistics.stdev(learned[k])
+                if len(learned[k]) >= max(min_count, 2) and statistics.stdev(learned[k]) > 0
+                else 0.0
+                for k, x in rows
+            ]
+        )
         both_inf = np.isinf(got) & np.isinf(expected) & (np.sign(got) == np.sign(expected))
         with np.errstate(invalid="ignore"):
-            close = (np.abs(got - expected)
-                     <= 1e-9 * np.abs(expected) + ulp_over_sd * (1 + np.abs(expected)) + 1e-12)
+            close = (
+                np.abs(got - expected)
+                <= 1e-9 * np.abs(expected) + ulp_over_sd * (1 + np.abs(expected)) + 1e-12
+            )
         assert (both_inf | close).all(), (rows, got, expected)
         flags = threshold.flags(detector.score(b))
         detector.learn(b, ~flags)
@@ -76,8 +83,9 @@ def test_z_matches_batch_reference_check_by_check(checks, offset, min_count, tol
         assert row.height == (1 if learned[k] or any(k == r[0] for c in checks for r in c) else 0)
         if learned[k]:
             assert row["n"][0] == len(learned[k])
-            assert math.isclose(row["mean"][0], statistics.fmean(learned[k]), rel_tol=1e-12,
-                                abs_tol=1e-9)
+            assert math.isclose(
+                row["mean"][0], statistics.fmean(learned[k]), rel_tol=1e-12, abs_tol=1e-9
+            )
             if len(learned[k]) > 1:
                 sd = moments.std(row["n"].to_numpy(), row["m2"].to_numpy())[0]
                 assert math.isclose(sd, statistics.stdev(learned[k]), rel_tol=1e-7, abs_tol=1e-7)
@@ -125,8 +133,11 @@ def test_zero_variance_rule():
 def test_one_sided_alternatives():
     rows = series([10, 12, 8, 10, 11, 9])
     up, down = series([30.0], t0=9 * HOUR), series([-10.0], t0=9 * HOUR)
-    for alternative, flags_up, flags_down in [("two-sided", True, True), ("greater", True, False),
-                                              ("less", False, True)]:
+    for alternative, flags_up, flags_down in [
+        ("two-sided", True, True),
+        ("greater", True, False),
+        ("less", False, True),
+    ]:
         detector = ZScore(min_count=3, alternative=alternative)
         detector.learn(rows, all_rows(rows))
         threshold = Tolerance(3)
@@ -153,8 +164,7 @@ def test_only_unflagged_values_update_the_baseline():
     assert flags.tolist() == [True, False]
     detector.learn(attack, ~flags)
     assert detector.state_["n"][0] == before["n"][0] + 1
-    assert math.isclose(detector.state_["mean"][0],
-                        statistics.fmean([10, 11, 9, 10, 10, 11, 10.5]))
+    assert math.isclose(detector.state_["mean"][0], statistics.fmean([10, 11, 9, 10, 10, 11, 10.5]))
 
 
 def run_checks(detector, values_per_check, t_start=0):

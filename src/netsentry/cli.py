@@ -1,4 +1,4 @@
-"""The ``netsentry`` command: ``demo``, ``serve``, ``check``, ``ingest``, ``config``, ``anomalies``."""
+"""The `netsentry` command: demo, serve, check, ingest, config and anomalies."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import click
 from tqdm import tqdm
@@ -27,8 +27,9 @@ def _settings(db: str | None) -> Settings:
         raise click.UsageError(f"invalid configuration: {err}") from err
 
 
-db_option = click.option("--db", envvar="NETSENTRY_DB", default=None,
-                         help="SQLite store (default var/netsentry.sqlite).")
+db_option = click.option(
+    "--db", envvar="NETSENTRY_DB", default=None, help="SQLite store (default var/netsentry.sqlite)."
+)
 
 
 @click.group()
@@ -54,14 +55,16 @@ def check(db: str | None) -> None:
     _print_report(run_check(store, effective(settings, store)))
 
 
-def _ingest_stream(store: Store, stream: IO[bytes], name: str, precision: str,
-                   bar: tqdm[Any]) -> tuple[int, int]:
+def _ingest_stream(
+    store: Store, stream: BinaryIO, name: str, precision: str, bar: tqdm[Any]
+) -> tuple[int, int]:
     from netsentry.ingest.lineprotocol import iter_line_chunks, parse_lines
 
     accepted = rejected = 0
     for first_line_no, lines in iter_line_chunks(stream):
-        result = parse_lines("\n".join(lines), precision=precision, source=name,
-                             first_line_no=first_line_no)
+        result = parse_lines(
+            "\n".join(lines), precision=precision, source=name, first_line_no=first_line_no
+        )
         accepted += _keep(store, result, name)
         rejected += len(result.errors)
         bar.update(sum(len(line) + 1 for line in lines))
@@ -79,16 +82,32 @@ def _keep(store: Store, result: ParseResult, name: str) -> int:
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(["auto", "lp", "csv"]), default="auto",
-              help="Line protocol or InfluxDB CSV (auto: by file name).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "lp", "csv"]),
+    default="auto",
+    help="Line protocol or InfluxDB CSV (auto: by file name).",
+)
 @click.option("--measurement", default=None, help="Measurement of a CSV without one.")
-@click.option("--precision", default="ns", show_default=True,
-              type=click.Choice(["n", "ns", "u", "ms", "s", "m", "h"]))
-@click.option("--check/--no-check", "then_check", default=False,
-              help="Run a check after ingesting.")
+@click.option(
+    "--precision",
+    default="ns",
+    show_default=True,
+    type=click.Choice(["n", "ns", "u", "ms", "s", "m", "h"]),
+)
+@click.option(
+    "--check/--no-check", "then_check", default=False, help="Run a check after ingesting."
+)
 @db_option
-def ingest(paths: tuple[str, ...], fmt: str, measurement: str | None, precision: str,
-           then_check: bool, db: str | None) -> None:
+def ingest(
+    paths: tuple[str, ...],
+    fmt: str,
+    measurement: str | None,
+    precision: str,
+    then_check: bool,
+    db: str | None,
+) -> None:
     """Ingest line protocol or InfluxDB CSV files ('-' reads line protocol from stdin)."""
     from netsentry.ingest.influx_csv import read_influx_csv
 
@@ -108,10 +127,16 @@ def ingest(paths: tuple[str, ...], fmt: str, measurement: str | None, precision:
         else:
             if not os.path.exists(path):
                 raise click.FileError(path, "no such file")
-            with open(path, "rb") as stream, tqdm(
-                desc=Path(path).name, total=os.path.getsize(path), unit="B",
-                unit_scale=True, disable=None,
-            ) as bar:
+            with (
+                open(path, "rb") as stream,
+                tqdm(
+                    desc=Path(path).name,
+                    total=os.path.getsize(path),
+                    unit="B",
+                    unit_scale=True,
+                    disable=None,
+                ) as bar,
+            ):
                 a, r = _ingest_stream(store, stream, path, precision, bar)
         accepted, rejected = accepted + a, rejected + r
     click.echo(f"ingested {accepted} records, rejected {rejected} malformed lines")
@@ -181,13 +206,16 @@ def _serve(settings: Settings, host: str, port: int, schedule: bool) -> None:
 
     if settings.api_token is None:
         click.echo("note: NETSENTRY_API_TOKEN is not set: mutating routes will refuse", err=True)
-    uvicorn.run(create_app(settings, schedule=schedule), host=host, port=port,
-                log_level="info")
+    uvicorn.run(create_app(settings, schedule=schedule), host=host, port=port, log_level="info")
 
 
 @main.command()
-@click.option("--serve/--no-serve", "then_serve", default=True,
-              help="Serve the API on the results afterwards.")
+@click.option(
+    "--serve/--no-serve",
+    "then_serve",
+    default=True,
+    help="Serve the API on the results afterwards.",
+)
 @click.option("--port", type=int, default=None)
 @db_option
 def demo(then_serve: bool, port: int | None, db: str | None) -> None:
@@ -200,25 +228,31 @@ def demo(then_serve: bool, port: int | None, db: str | None) -> None:
             Path(f"{settings.db}{suffix}").unlink(missing_ok=True)
     store = Store(settings.db)
     batch = riot_export()
-    click.echo(f"RIoT export: {len(batch)} records, {batch.frame['key'].n_unique()} entities, "
-               f"{len(batch.measurements())} measurements; replaying hour by hour "
-               f"(tolerance {settings.tolerance}, min_count {settings.min_count})")
+    click.echo(
+        f"RIoT export: {len(batch)} records, {batch.frame['key'].n_unique()} entities, "
+        f"{len(batch.measurements())} measurements; replaying hour by hour "
+        f"(tolerance {settings.tolerance}, min_count {settings.min_count})"
+    )
     hours = (batch.frame["time"] // 3_600_000_000_000).n_unique()
     with tqdm(total=hours, desc="checks", unit="h", disable=None) as bar:
-        reports = replay(store, effective(settings, store), batch,
-                         progress=lambda _h, _r: bar.update(1))
+        reports = replay(
+            store, effective(settings, store), batch, progress=lambda _h, _r: bar.update(1)
+        )
     _demo_summary(store, reports)
     if then_serve:
         if settings.api_token is None:
             token = secrets.token_urlsafe(24)
             settings = settings.model_copy(update={"api_token": _secret(token)})
-            click.echo(f"API token for this demo session (set NETSENTRY_API_TOKEN to choose "
-                       f"one): {token}")
+            click.echo(
+                f"API token for this demo session (set NETSENTRY_API_TOKEN to choose one): {token}"
+            )
         port = port if port is not None else settings.port
         base = f"http://{settings.host}:{port}"
-        click.echo(f"\nServing on {base}/  (routes: {base}/ · anomalies: "
-                   f"{base}/tdmp_bytes_total/anomalies · status: {base}/status · "
-                   f"docs: {base}/docs) — Ctrl-C to stop")
+        click.echo(
+            f"\nServing on {base}/  (routes: {base}/ · anomalies: "
+            f"{base}/tdmp_bytes_total/anomalies · status: {base}/status · "
+            f"docs: {base}/docs) — Ctrl-C to stop"
+        )
         _serve(settings, settings.host, port, schedule=False)
 
 
@@ -233,22 +267,28 @@ def _demo_summary(store: Store, reports: list[CheckReport]) -> None:
 
     total = sum(r.anomalies for r in reports)
     new = sum(r.new_entities for r in reports)
-    click.echo(f"\n{len(reports)} hourly checks, {sum(r.records for r in reports)} records: "
-               f"{total} anomalies ({total - new} by z-score, {new} new entities), "
-               f"{sum(r.resets for r in reports)} counter resets, "
-               f"{sum(r.rebaselined for r in reports)} rebaselined entities")
+    click.echo(
+        f"\n{len(reports)} hourly checks, {sum(r.records for r in reports)} records: "
+        f"{total} anomalies ({total - new} by z-score, {new} new entities), "
+        f"{sum(r.resets for r in reports)} counter resets, "
+        f"{sum(r.rebaselined for r in reports)} rebaselined entities"
+    )
     with store.read() as db:
         for measurement in queries.measurements(db):
             rows = queries.anomalies(db, measurement, queries.VISIBLE, 100_000, 0)
             scored = [r for r in rows if r["detector"] == "zscore"]
-            click.echo(f"  {measurement}: {len(scored)} z-score anomalies, "
-                       f"{len(rows) - len(scored)} new entities")
+            click.echo(
+                f"  {measurement}: {len(scored)} z-score anomalies, "
+                f"{len(rows) - len(scored)} new entities"
+            )
             for row in sorted(scored, key=lambda r: -(r["score"] or float("inf")))[:3]:
                 e, t = row["explanation"], row["tags"]
                 z = "inf" if e["z"] is None else f"{e['z']:.1f}"
-                click.echo(f"    {row['key']} {t.get('service')} {t.get('src')} -> "
-                           f"{t.get('dst')}: {e['series']} {e['value']:.6g}, baseline "
-                           f"{e['mean']:.4g} ± {e['std']:.3g} (n={e['n']}), z={z}")
+                click.echo(
+                    f"    {row['key']} {t.get('service')} {t.get('src')} -> "
+                    f"{t.get('dst')}: {e['series']} {e['value']:.6g}, baseline "
+                    f"{e['mean']:.4g} ± {e['std']:.3g} (n={e['n']}), z={z}"
+                )
     click.echo(f"store: {store.path}")
 
 

@@ -33,9 +33,7 @@ def _netstring(data: bytes) -> bytes:
 
 def canonical_encoding(tags: Mapping[str, str]) -> bytes:
     """The bytes that are hashed for ``tags`` (only :data:`KEY_TAGS` count)."""
-    return b"".join(
-        _netstring(f"{name}={tags.get(name, '') or ''}".encode()) for name in KEY_TAGS
-    )
+    return b"".join(_netstring(f"{name}={tags.get(name, '') or ''}".encode()) for name in KEY_TAGS)
 
 
 def entity_key(tags: Mapping[str, str]) -> int:
@@ -63,5 +61,6 @@ def with_entity_keys(frame: pl.DataFrame) -> pl.DataFrame:
     distinct = frame.select(KEY_TAGS).unique()
     keys = [entity_key(dict(zip(KEY_TAGS, row, strict=True))) for row in distinct.iter_rows()]
     distinct = distinct.with_columns(pl.Series("key", keys, dtype=pl.UInt64))
-    return frame.drop("key", strict=False).join(distinct, on=list(KEY_TAGS), how="left",
-                                                nulls_equal=True)
+    return frame.drop("key", strict=False).join(
+        distinct, on=list(KEY_TAGS), how="left", nulls_equal=True
+    )

@@ -72,8 +72,12 @@ class _LastSample:
         self.state_ = pl.DataFrame(schema=self._schema())
 
     def _schema(self) -> dict[str, Any]:
-        return {"key": pl.UInt64, "last_time": pl.Int64, "last_value": pl.Float64,
-                "resets": pl.Int64}
+        return {
+            "key": pl.UInt64,
+            "last_time": pl.Int64,
+            "last_value": pl.Float64,
+            "resets": pl.Int64,
+        }
 
     def _with_previous(self, batch: Batch) -> tuple[pl.DataFrame, int]:
         rows = latest_per_key(batch.frame).join(self.state_, on="key", how="left")
@@ -89,12 +93,12 @@ class _LastSample:
         counts = resets.group_by("key").agg(pl.len().cast(pl.Int64).alias("new_resets"))
         last = (
             rows.group_by("key")
-            .agg(pl.col("time").last().alias("last_time"), pl.col("value").last().alias("last_value"))
+            .agg(
+                pl.col("time").last().alias("last_time"), pl.col("value").last().alias("last_value")
+            )
             .join(self.state_.select("key", "resets"), on="key", how="left")
             .join(counts, on="key", how="left")
-            .with_columns(
-                resets=pl.col("resets").fill_null(0) + pl.col("new_resets").fill_null(0)
-            )
+            .with_columns(resets=pl.col("resets").fill_null(0) + pl.col("new_resets").fill_null(0))
             .select(list(self._schema()))
         )
         self.state_ = pl.concat(
@@ -105,8 +109,10 @@ class _LastSample:
         return fingerprint({"transform": self.kind, "layout": list(self._schema()), "version": 1})
 
     def state_dict(self) -> State:
-        return {"fingerprint": self.fingerprint(),
-                **{c: self.state_[c].to_numpy().copy() for c in self._schema()}}
+        return {
+            "fingerprint": self.fingerprint(),
+            **{c: self.state_[c].to_numpy().copy() for c in self._schema()},
+        }
 
     def load_state(self, state: State) -> None:
         if state.get("fingerprint") != self.fingerprint():
@@ -140,15 +146,14 @@ class CounterIncrease(_LastSample):
         super().__init__()
         self.interval_ns = interval_ns
 
-    def increases(
-        self, batch: Batch, resets: pl.DataFrame | None = None
-    ) -> tuple[Batch, Progress]:
+    def increases(self, batch: Batch, resets: pl.DataFrame | None = None) -> tuple[Batch, Progress]:
         """The increase per interval of every sample that has a predecessor."""
         rows, late = self._with_previous(batch)
         marked = pl.lit(False)
         if resets is not None and resets.height:
-            rows = rows.join(resets.with_columns(marked=pl.lit(True)), on=["key", "time"],
-                             how="left")
+            rows = rows.join(
+                resets.with_columns(marked=pl.lit(True)), on=["key", "time"], how="left"
+            )
             marked = pl.col("marked").fill_null(False)
         rows = rows.with_columns(
             is_reset=pl.col("prev_value").is_not_null()

@@ -16,8 +16,9 @@ from netsentry.service.scheduler import Scheduler
 from netsentry.store.sqlite import Store
 
 
-def create_app(settings: Settings, store: Store | None = None, *, schedule: bool = False
-               ) -> FastAPI:
+def create_app(
+    settings: Settings, store: Store | None = None, *, schedule: bool = False
+) -> FastAPI:
     """Build the app; with ``schedule`` it also runs a check every ``frequency`` hours."""
     store = store or Store(settings.db)
     scheduler = Scheduler(store, settings)
@@ -30,8 +31,12 @@ def create_app(settings: Settings, store: Store | None = None, *, schedule: bool
             scheduler.stop()
             await task
 
-    app = FastAPI(title="netsentry", version="0.1.0", lifespan=lifespan,
-                  description="Per-entity anomaly detection over network telemetry.")
+    app = FastAPI(
+        title="netsentry",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Per-entity anomaly detection over network telemetry.",
+    )
     app.state.settings = settings
     app.state.store = store
     app.state.scheduler = scheduler
@@ -41,8 +46,7 @@ def create_app(settings: Settings, store: Store | None = None, *, schedule: bool
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code,
-                            headers=exc.headers)
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -51,12 +51,16 @@ def table(title: str, rows: list[dict[str, Any]]) -> str:
     )
 
 
-def respond(request: Request, title: str, payload: Any, rows: list[dict[str, Any]] | None = None
-            ) -> Response:
+def respond(
+    request: Request, title: str, payload: Any, rows: list[dict[str, Any]] | None = None
+) -> Response:
     """``payload`` as JSON, or ``rows`` (default: the payload itself) as an HTML table."""
     if wants_html(request):
         if rows is None:
-            rows = payload if isinstance(payload, list) else [
-                {"name": k, "value": v} for k, v in payload.items()]
+            rows = (
+                payload
+                if isinstance(payload, list)
+                else [{"name": k, "value": v} for k, v in payload.items()]
+            )
         return HTMLResponse(table(title, rows))
     return JSONResponse(jsonable(payload))

@@ -13,6 +13,8 @@ one cache line; row + 1 = 0 marks an empty slot. Keys are hashed by Fibonacci ha
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +23,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def find(table: np.ndarray, key: np.int64, bits: int) -> tuple[int, int]:
+def find(table: np.ndarray, key: np.int64, bits: int) -> tuple[Any, Any]:
     """(row or -1, slot where the search ended)."""
     mask = (1 << bits) - 1
     slot = np.int64((np.uint64(key) * _GOLDEN) >> np.uint64(64 - bits))
@@ -43,8 +45,15 @@ def _lookup(table: np.ndarray, bits: int, query: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _insert(table: np.ndarray, keys: np.ndarray, size: int, bits: int, query: np.ndarray,
-            out: np.ndarray, start: int) -> tuple[int, int]:
+def _insert(
+    table: np.ndarray,
+    keys: np.ndarray,
+    size: int,
+    bits: int,
+    query: np.ndarray,
+    out: np.ndarray,
+    start: int,
+) -> tuple[int, int]:
     """Fill ``out`` from ``start``, appending unseen keys; stop when ``keys`` is full.
 
     Returns (new size, index where it stopped: ``len(query)`` when done).
@@ -113,17 +122,17 @@ class KeyIndex:
     def keys(self) -> npt.NDArray[np.uint64]:
         return self._keys[: self._size].view(np.uint64)
 
-    def rows(self, query: npt.NDArray[np.uint64], *, insert: bool = False
-             ) -> npt.NDArray[np.int64]:
+    def rows(self, query: npt.NDArray[np.uint64], *, insert: bool = False) -> npt.NDArray[np.int64]:
         """Row of each key (-1 when unknown), or new rows for unknown keys with ``insert``."""
         query = np.ascontiguousarray(query, dtype=np.uint64).view(np.int64)
         if not insert:
-            return _lookup(self._table, self._bits, query)  # type: ignore[no-any-return]
+            return _lookup(self._table, self._bits, query)
         out = np.empty(len(query), dtype=np.int64)
         done = 0
         while True:
-            self._size, done = _insert(self._table, self._keys, self._size, self._bits,
-                                       query, out, done)
+            self._size, done = _insert(
+                self._table, self._keys, self._size, self._bits, query, out, done
+            )
             if done == len(query):
                 return out
             grown = np.empty(2 * len(self._keys), dtype=np.int64)

@@ -56,7 +56,7 @@ import numpy.typing as npt
 import polars as pl
 
 from netsentry.config import Alternative
-from netsentry.detect import _zkernels as K
+from netsentry.detect import _zkernels as kern
 from netsentry.detect import moments
 from netsentry.detect.base import State, StateMismatchError, fingerprint
 from netsentry.detect.keyindex import KeyIndex
@@ -114,30 +114,30 @@ class ZScore:
         """Lay the state out as one 64-byte row per entity (see ``_zkernels``)."""
         size = len(index)
         self._index = index
-        self._M = np.zeros((max(16, size), K.WIDTH), dtype=np.int64)
-        self._M[:, K.LAST_TRUSTED] = K.UNTOUCHED
-        self._M[:, K.LAST_FLAGGED] = K.UNTOUCHED
-        self._P = np.zeros((len(self._M), 2))
-        F = self._M.view(np.float64)
-        self._M[:size, K.N] = columns["n"]
-        F[:size, K.MEAN] = columns["mean"]
-        F[:size, K.M2] = columns["m2"]
-        self._M[:size, K.PN] = columns["pending_n"]
-        self._M[:size, K.STREAK] = columns["streak"]
-        self._P[:size, 0] = columns["pending_mean"]
-        self._P[:size, 1] = columns["pending_m2"]
+        self._ints = np.zeros((max(16, size), kern.WIDTH), dtype=np.int64)
+        self._ints[:, kern.LAST_TRUSTED] = kern.UNTOUCHED
+        self._ints[:, kern.LAST_FLAGGED] = kern.UNTOUCHED
+        self._cand = np.zeros((len(self._ints), 2))
+        floats = self._ints.view(np.float64)
+        self._ints[:size, kern.N] = columns["n"]
+        floats[:size, kern.MEAN] = columns["mean"]
+        floats[:size, kern.M2] = columns["m2"]
+        self._ints[:size, kern.PN] = columns["pending_n"]
+        self._ints[:size, kern.STREAK] = columns["streak"]
+        self._cand[:size, 0] = columns["pending_mean"]
+        self._cand[:size, 1] = columns["pending_m2"]
 
     def _grow(self, size: int) -> None:
-        if size <= len(self._M):
+        if size <= len(self._ints):
             return
-        capacity = max(size, 2 * len(self._M))
-        M = np.zeros((capacity, K.WIDTH), dtype=np.int64)
-        M[:, K.LAST_TRUSTED] = K.UNTOUCHED
-        M[:, K.LAST_FLAGGED] = K.UNTOUCHED
-        M[: len(self._M)] = self._M
-        P = np.zeros((capacity, 2))
-        P[: len(self._P)] = self._P
-        self._M, self._P = M, P
+        capacity = max(size, 2 * len(self._ints))
+        ints = np.zeros((capacity, kern.WIDTH), dtype=np.int64)
+        ints[:, kern.LAST_TRUSTED] = kern.UNTOUCHED
+        ints[:, kern.LAST_FLAGGED] = kern.UNTOUCHED
+        ints[: len(self._ints)] = self._ints
+        cand = np.zeros((capacity, 2))
+        cand[: len(self._cand)] = self._cand
+        self._ints, self._cand = ints, cand
 
     @property
     def state_(self) -> pl.DataFrame:
@@ -146,26 +146,39 @@ class ZScore:
 
     # -- scoring (pure) -------------------------------------------------------------
 
-    def _z(self, batch: Batch, sign: int = K.GREATER) -> npt.NDArray[np.float64]:
+    def _z(self, batch: Batch, sign: int = kern.GREATER) -> npt.NDArray[np.float64]:
         table, bits = self._index.table
         keys = np.ascontiguousarray(batch.frame["key"].to_numpy()).view(np.int64)
-        return K.zscores(table, bits, keys, batch.frame["value"].to_numpy(),  # type: ignore[no-any-return]
-                         self._M, self._M.view(np.float64), self.min_count, sign)
+        return kern.zscores(
+            table,
+            bits,
+            keys,
+            batch.frame["value"].to_numpy(),
+            self._ints,
+            self._ints.view(np.float64),
+            self.min_count,
+            sign,
+        )
 
     def baseline(self, batch: Batch) -> pl.DataFrame:
         """Per row of ``batch``: the baseline ``n``, ``mean``, ``std`` and ``z``."""
         rows = self._index.rows(batch.frame["key"].to_numpy())
         known = rows >= 0
         safe = np.where(known, rows, 0)
-        n = np.where(known, self._M[safe, K.N], 0)
-        mean = np.where(known, self._M.view(np.float64)[safe, K.MEAN], np.nan)
-        std = moments.std(n, np.where(known, self._M.view(np.float64)[safe, K.M2], 0.0))
+        n = np.where(known, self._ints[safe, kern.N], 0)
+        mean = np.where(known, self._ints.view(np.float64)[safe, kern.MEAN], np.nan)
+        std = moments.std(n, np.where(known, self._ints.view(np.float64)[safe, kern.M2], 0.0))
         return pl.DataFrame({"n": n, "mean": mean, "std": std, "z": self._z(batch)})
 
     def score(self, batch: Batch) -> npt.NDArray[np.float64]:
         """Higher is more anomalous; 0 while an entity is still learning."""
-        sign = {"two-sided": K.TWO_SIDED, "greater": K.GREATER, "less": K.LESS}
+        sign = {"two-sided": kern.TWO_SIDED, "greater": kern.GREATER, "less": kern.LESS}
         return self._z(batch, sign[self.alternative])
+
+    def learning(self, batch: Batch) -> npt.NDArray[np.bool_]:
+        """Rows whose entity has fewer than ``min_count`` learned values (cold start)."""
+        rows = self._index.rows(batch.frame["key"].to_numpy())
+        return np.where(rows >= 0, self._ints[np.maximum(rows, 0), kern.N], 0) < self.min_count
 
     def unseen(self, batch: Batch) -> npt.NDArray[np.bool_]:
         """Rows whose entity this detector has never seen."""
@@ -180,9 +193,17 @@ class ZScore:
             raise ValueError(f"mask has shape {mask.shape}, batch has {len(batch)} rows")
         rows = self._index.rows(batch.frame["key"].to_numpy(), insert=True)
         self._grow(len(self._index))
-        adopted = K.learn(rows, batch.frame["time"].to_numpy(), batch.frame["value"].to_numpy(),
-                          mask, self._M, self._M.view(np.float64), self._P, self.adapt_after,
-                          self.min_count)
+        adopted = kern.learn(
+            rows,
+            batch.frame["time"].to_numpy(),
+            batch.frame["value"].to_numpy(),
+            mask,
+            self._ints,
+            self._ints.view(np.float64),
+            self._cand,
+            self.adapt_after,
+            self.min_count,
+        )
         self.rebaselined_ = self._index.keys[adopted]
 
     # -- persistence and merging ----------------------------------------------------
@@ -192,13 +213,17 @@ class ZScore:
 
     def state_dict(self) -> State:
         size = len(self._index)
-        M, F = self._M[:size], self._M.view(np.float64)[:size]
+        ints, floats = self._ints[:size], self._ints.view(np.float64)[:size]
         return {
-            "fingerprint": self.fingerprint(), "key": self._index.keys.copy(),
-            "n": M[:, K.N].copy(), "mean": F[:, K.MEAN].copy(), "m2": F[:, K.M2].copy(),
-            "pending_n": M[:, K.PN].copy(), "pending_mean": self._P[:size, 0].copy(),
-            "pending_m2": self._P[:size, 1].copy(),
-            "streak": M[:, K.STREAK].astype(np.int16),
+            "fingerprint": self.fingerprint(),
+            "key": self._index.keys.copy(),
+            "n": ints[:, kern.N].copy(),
+            "mean": floats[:, kern.MEAN].copy(),
+            "m2": floats[:, kern.M2].copy(),
+            "pending_n": ints[:, kern.PN].copy(),
+            "pending_mean": self._cand[:size, 0].copy(),
+            "pending_m2": self._cand[:size, 1].copy(),
+            "streak": ints[:, kern.STREAK].astype(np.int16),
         }
 
     def load_state(self, state: State) -> None:
@@ -218,7 +243,8 @@ class ZScore:
         keys = np.concatenate([a["key"], b["key"][~np.isin(b["key"], a["key"])]])
         index = KeyIndex(keys)
         columns: dict[str, np.ndarray] = {
-            name: np.zeros(len(keys), dtype=dt) for name, dt in STATE_DTYPES.items()}
+            name: np.zeros(len(keys), dtype=dt) for name, dt in STATE_DTYPES.items()
+        }
         columns["key"] = keys
         ra, rb = index.rows(a["key"]), index.rows(b["key"])
         for prefix in ("", "pending_"):

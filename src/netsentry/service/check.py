@@ -69,11 +69,17 @@ def _new_entity_anomalies(sub: Batch, known: pl.Series) -> list[Anomaly]:
     )
     return [
         Anomaly(
-            time=row["time"], measurement=row["measurement"], key=row["key"],
-            value=row["value"], score=float("nan"), threshold=float("nan"),
+            time=row["time"],
+            measurement=row["measurement"],
+            key=row["key"],
+            value=row["value"],
+            score=float("nan"),
+            threshold=float("nan"),
             detector="new_entity",
-            explanation={"rule": "entity never seen before in this measurement",
-                         "value": row["value"]},
+            explanation={
+                "rule": "entity never seen before in this measurement",
+                "value": row["value"],
+            },
             tags={t: row[t] for t in KEY_TAGS},
             id=anomaly_id("new_entity", row["measurement"], row["key"], row["time"]),
         )
@@ -82,23 +88,35 @@ def _new_entity_anomalies(sub: Batch, known: pl.Series) -> list[Anomaly]:
 
 
 def _zscore_anomalies(
-    values: Batch, flags: np.ndarray, baseline: pl.DataFrame, tolerance: float, what: str
+    flagged: Batch, baseline: pl.DataFrame, tolerance: float, what: str
 ) -> list[Anomaly]:
-    rows = pl.concat([values.frame, baseline], how="horizontal").filter(pl.Series(flags))
+    rows = pl.concat([flagged.frame, baseline], how="horizontal")
     out = []
     for row in rows.iter_rows(named=True):
         z = row["z"]
-        out.append(Anomaly(
-            time=row["time"], measurement=row["measurement"], key=row["key"],
-            value=row["value"], score=abs(z), threshold=tolerance, detector="zscore",
-            explanation={
-                "value": row["value"], "series": what, "mean": row["mean"], "std": row["std"],
-                "n": row["n"], "z": z if np.isfinite(z) else None,
-                "zero_variance": row["std"] == 0, "tolerance": tolerance,
-            },
-            tags={t: row[t] for t in KEY_TAGS},
-            id=anomaly_id("zscore", row["measurement"], row["key"], row["time"]),
-        ))
+        out.append(
+            Anomaly(
+                time=row["time"],
+                measurement=row["measurement"],
+                key=row["key"],
+                value=row["value"],
+                score=abs(z),
+                threshold=tolerance,
+                detector="zscore",
+                explanation={
+                    "value": row["value"],
+                    "series": what,
+                    "mean": row["mean"],
+                    "std": row["std"],
+                    "n": row["n"],
+                    "z": z if np.isfinite(z) else None,
+                    "zero_variance": row["std"] == 0,
+                    "tolerance": tolerance,
+                },
+                tags={t: row[t] for t in KEY_TAGS},
+                id=anomaly_id("zscore", row["measurement"], row["key"], row["time"]),
+            )
+        )
     return out
 
 
@@ -110,7 +128,9 @@ def _load(component: Any, store: Store, name: str, measurement: str, outcome: _O
     return component
 
 
-def detect(batch: Batch, store: Store, settings: DetectionSettings, report: CheckReport) -> _Outcome:
+def detect(
+    batch: Batch, store: Store, settings: DetectionSettings, report: CheckReport
+) -> _Outcome:
     """Score and learn every measurement of ``batch`` (no writes: see :func:`run_check`)."""
     threshold = Tolerance(settings.tolerance)
     interval_ns = int(settings.counter_interval_s * 1e9)
@@ -147,28 +167,41 @@ def detect(batch: Batch, store: Store, settings: DetectionSettings, report: Chec
         report.resets += progress.resets
         new = _new_entity_anomalies(sub, known) if had_population else []
 
-        detector = _load(ZScore(min_count=settings.min_count, alternative=settings.alternative,
-                                adapt_after=settings.adapt_after), store, "zscore", measurement,
-                         outcome)
-        baseline = detector.baseline(values)
+        detector = _load(
+            ZScore(
+                min_count=settings.min_count,
+                alternative=settings.alternative,
+                adapt_after=settings.adapt_after,
+            ),
+            store,
+            "zscore",
+            measurement,
+            outcome,
+        )
         scores = detector.score(values)
         flags = threshold.flags(scores)
+        flagged = Batch(values.frame.filter(pl.Series(flags)))
+        found = _zscore_anomalies(flagged, detector.baseline(flagged), settings.tolerance, what)
+        judged = int((~detector.learning(values)).sum())
         detector.learn(values, ~flags)
         outcome.states[("zscore", measurement)] = detector.state_dict()
-        found = _zscore_anomalies(values, flags, baseline, settings.tolerance, what)
         outcome.anomalies += new + found
-        judged = int((baseline["n"] >= settings.min_count).sum())
         report.judged += judged
         report.rebaselined += len(detector.rebaselined_)
-        stats.update(judged=judged, anomalies=len(found), new_entities=len(new),
-                     rebaselined=len(detector.rebaselined_))
+        stats.update(
+            judged=judged,
+            anomalies=len(found),
+            new_entities=len(new),
+            rebaselined=len(detector.rebaselined_),
+        )
     report.new_entities = sum(a.detector == "new_entity" for a in outcome.anomalies)
     report.anomalies = len(outcome.anomalies)
     return outcome
 
 
-def run_check(store: Store, settings: DetectionSettings, *, upto: int | None = None,
-              attempts: int = 3) -> CheckReport:
+def run_check(
+    store: Store, settings: DetectionSettings, *, upto: int | None = None, attempts: int = 3
+) -> CheckReport:
     """Run one check over the inbox and commit its results atomically.
 
     If feedback or another check replaced a state meanwhile, the check is redone from
@@ -187,8 +220,9 @@ def _check_once(store: Store, settings: DetectionSettings, upto: int | None) -> 
     started = time.time_ns()
     after = store.watermark(INBOX)
     head = store.inbox_head() if upto is None else upto
-    report = CheckReport(watermark_from=after, watermark_to=max(head, after),
-                         tolerance=settings.tolerance)
+    report = CheckReport(
+        watermark_from=after, watermark_to=max(head, after), tolerance=settings.tolerance
+    )
     batch = store.read_inbox(after, head) if head > after else Batch.empty()
     report.records = len(batch)
     outcome = detect(batch, store, settings, report)
@@ -199,14 +233,25 @@ def _check_once(store: Store, settings: DetectionSettings, upto: int | None) -> 
             raise ConcurrentUpdateError("another check advanced the inbox watermark")
         for (component, measurement), state in outcome.states.items():
             tx.save_state(component, measurement, state)
-        report.check_id = tx.add_check(started, report.records, report.anomalies,
-                                       (after, report.watermark_to), report.as_dict())
+        report.check_id = tx.add_check(
+            started,
+            report.records,
+            report.anomalies,
+            (after, report.watermark_to),
+            report.as_dict(),
+        )
         tx.add_anomalies(outcome.anomalies, report.check_id)
         tx.advance(INBOX, report.watermark_to)
-        tx.bump({"checks": 1.0, "check_seconds": report.duration_s,
-                 "records_checked": float(report.records),
-                 "anomalies": float(report.anomalies), "late_samples": float(report.late),
-                 "counter_resets": float(report.resets)})
+        tx.bump(
+            {
+                "checks": 1.0,
+                "check_seconds": report.duration_s,
+                "records_checked": float(report.records),
+                "anomalies": float(report.anomalies),
+                "late_samples": float(report.late),
+                "counter_resets": float(report.resets),
+            }
+        )
         if len(batch):
             newest = int(batch.frame["time"].max())  # type: ignore[arg-type]
             retention_ns = int(settings.inbox_retention_s * 1e9)
@@ -216,12 +261,16 @@ def _check_once(store: Store, settings: DetectionSettings, upto: int | None) -> 
 
 def describe(anomaly: Anomaly) -> str:
     """One line for people: what, where and why."""
-    who = f"{anomaly.tags.get('src', '')}:{anomaly.tags.get('srcp', '')} -> " \
-          f"{anomaly.tags.get('dst', '')}:{anomaly.tags.get('dstp', '')}"
+    who = (
+        f"{anomaly.tags.get('src', '')}:{anomaly.tags.get('srcp', '')} -> "
+        f"{anomaly.tags.get('dst', '')}:{anomaly.tags.get('dstp', '')}"
+    )
     if anomaly.detector == "new_entity":
         why = "new entity"
     else:
         e = anomaly.explanation
-        why = (f"value {e['value']:.6g} vs mean {e['mean']:.6g} ± {e['std']:.3g}"
-               f" (z={'inf' if e['z'] is None else format(e['z'], '.2f')})")
+        why = (
+            f"value {e['value']:.6g} vs mean {e['mean']:.6g} ± {e['std']:.3g}"
+            f" (z={'inf' if e['z'] is None else format(e['z'], '.2f')})"
+        )
     return f"{anomaly.measurement} {format_key(anomaly.key)} {who}: {why}"

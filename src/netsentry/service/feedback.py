@@ -21,8 +21,9 @@ class UnknownAnomalyError(LookupError):
     pass
 
 
-def apply_feedback(store: Store, anomaly_id: str, status: str,
-                   settings: DetectionSettings) -> dict[str, object]:
+def apply_feedback(
+    store: Store, anomaly_id: str, status: str, settings: DetectionSettings
+) -> dict[str, object]:
     if status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
     with store.transaction() as tx:
@@ -36,19 +37,25 @@ def apply_feedback(store: Store, anomaly_id: str, status: str,
         folded = False
         if status == "false_positive" and previous != "false_positive" and detector == "zscore":
             state, _ = read_state(tx.db, "zscore", measurement)
-            detector_ = ZScore(min_count=settings.min_count, alternative=settings.alternative,
-                               adapt_after=settings.adapt_after)
+            detector_ = ZScore(
+                min_count=settings.min_count,
+                alternative=settings.alternative,
+                adapt_after=settings.adapt_after,
+            )
             if state is not None:
                 detector_.load_state(state)
             one = Batch.from_columns([time_ns], [measurement], [value], {t: [""] for t in KEY_TAGS})
-            one = Batch(one.frame.with_columns(pl.lit(key_from_sql(key), dtype=pl.UInt64)
-                                               .alias("key")))
+            one = Batch(
+                one.frame.with_columns(pl.lit(key_from_sql(key), dtype=pl.UInt64).alias("key"))
+            )
             detector_.learn(one, pl.Series([True]).to_numpy())
             tx.save_state("zscore", measurement, detector_.state_dict())
             folded = True
         tx.set_status(anomaly_id, status)
         tx.bump({f"feedback_{status}": 1.0})
-    return {"id": anomaly_id, "status": status, "previous": previous,
-            "folded_into_baseline": folded}
-
-
+    return {
+        "id": anomaly_id,
+        "status": status,
+        "previous": previous,
+        "folded_into_baseline": folded,
+    }

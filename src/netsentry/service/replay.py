@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
-
 from netsentry.config import DetectionSettings
 from netsentry.ingest.influx_csv import read_influx_csv
 from netsentry.model import Batch
@@ -15,8 +14,12 @@ from netsentry.service.check import CheckReport, run_check
 from netsentry.store.sqlite import Store
 
 HOUR_NS = 3_600_000_000_000
-RIOT_MEASUREMENTS = ("tdmp_bytes_created", "tdmp_bytes_total",
-                     "tdmp_packets_created", "tdmp_packets_total")
+RIOT_MEASUREMENTS = (
+    "tdmp_bytes_created",
+    "tdmp_bytes_total",
+    "tdmp_packets_created",
+    "tdmp_packets_total",
+)
 
 
 def riot_export() -> Batch:
@@ -38,8 +41,12 @@ def hourly(batch: Batch) -> Iterator[tuple[int, Batch]]:
         yield hour * HOUR_NS, Batch(batch.frame.filter(hours == hour))
 
 
-def replay(store: Store, settings: DetectionSettings, batch: Batch,
-           progress: Callable[[int, CheckReport], None] | None = None) -> list[CheckReport]:
+def replay(
+    store: Store,
+    settings: DetectionSettings,
+    batch: Batch,
+    progress: Callable[[int, CheckReport], None] | None = None,
+) -> list[CheckReport]:
     """Append each hour of ``batch`` to the inbox and run a check after it."""
     reports = []
     for hour_ns, chunk in hourly(batch):
@@ -49,5 +56,3 @@ def replay(store: Store, settings: DetectionSettings, batch: Batch,
         if progress is not None:
             progress(hour_ns, report)
     return reports
-
-

@@ -35,25 +35,31 @@ class Scheduler:
 
     def due_in(self) -> float:
         hours = effective(self.settings, self.store).frequency
-        backoff = min(2 ** self.failures, 300) if self.failures else None
+        backoff = min(2**self.failures, 300) if self.failures else None
         period = backoff if backoff is not None else hours * 3600.0
         return self.last_run + period - time.monotonic()
 
     async def check_now(self) -> CheckReport | None:
         try:
             report = await asyncio.to_thread(
-                run_check, self.store, effective(self.settings, self.store))
+                run_check, self.store, effective(self.settings, self.store)
+            )
         except Exception as err:  # the service must keep serving
             self.failures += 1
             log.exception("check failed")
-            await asyncio.to_thread(self.store.record_errors, "check", "scheduler",
-                                    [f"check failed: {type(err).__name__}: {err}"])
+            await asyncio.to_thread(
+                self.store.record_errors,
+                "check",
+                "scheduler",
+                [f"check failed: {type(err).__name__}: {err}"],
+            )
             return None
         finally:
             self.last_run = time.monotonic()
         self.failures = 0
-        log.info("check %d: %d records, %d anomalies", report.check_id, report.records,
-                 report.anomalies)
+        log.info(
+            "check %d: %d records, %d anomalies", report.check_id, report.records, report.anomalies
+        )
         return report
 
     async def run(self) -> None:

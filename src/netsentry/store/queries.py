@@ -25,10 +25,12 @@ def tags_of(db: sqlite3.Connection, keys: list[int]) -> dict[int, dict[str, str]
     """Tags of the given (signed, as stored) keys."""
     out: dict[int, dict[str, str]] = {}
     for start in range(0, len(keys), 500):
-        chunk = keys[start:start + 500]
+        chunk = keys[start : start + 500]
         rows = db.execute(
             f"SELECT key, {', '.join(KEY_TAGS)} FROM entities "
-            f"WHERE key IN ({', '.join('?' * len(chunk))})", chunk).fetchall()
+            f"WHERE key IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        ).fetchall()
         out.update({row[0]: dict(zip(KEY_TAGS, row[1:], strict=True)) for row in rows})
     return out
 
@@ -40,22 +42,30 @@ def tag_values(db: sqlite3.Connection, tag: str) -> list[str]:
 
 
 def anomaly_row(row: tuple[Any, ...], tags: dict[int, dict[str, str]]) -> dict[str, Any]:
-    (id_, time_ns, measurement, key, value, score, threshold, detector, explanation,
-     status) = row
+    (id_, time_ns, measurement, key, value, score, threshold, detector, explanation, status) = row
     return {
-        "id": id_, "time": time_ns, "measurement": measurement,
-        "key": format_key(key_from_sql(key)), "tags": tags.get(key, {}), "value": value,
-        "score": score, "threshold": threshold, "detector": detector,
-        "explanation": json.loads(explanation), "status": status,
+        "id": id_,
+        "time": time_ns,
+        "measurement": measurement,
+        "key": format_key(key_from_sql(key)),
+        "tags": tags.get(key, {}),
+        "value": value,
+        "score": score,
+        "threshold": threshold,
+        "detector": detector,
+        "explanation": json.loads(explanation),
+        "status": status,
     }
 
 
-_ANOMALY_COLUMNS = ("id, time, measurement, key, value, score, threshold, detector, "
-                    "explanation, status")
+_ANOMALY_COLUMNS = (
+    "id, time, measurement, key, value, score, threshold, detector, explanation, status"
+)
 
 
-def anomalies(db: sqlite3.Connection, measurement: str, statuses: tuple[str, ...],
-              limit: int, since: int) -> list[dict[str, Any]]:
+def anomalies(
+    db: sqlite3.Connection, measurement: str, statuses: tuple[str, ...], limit: int, since: int
+) -> list[dict[str, Any]]:
     rows = db.execute(
         f"SELECT {_ANOMALY_COLUMNS} FROM anomalies WHERE measurement = ? AND time >= ? "
         f"AND status IN ({', '.join('?' * len(statuses))}) ORDER BY time DESC, id LIMIT ?",
@@ -66,14 +76,16 @@ def anomalies(db: sqlite3.Connection, measurement: str, statuses: tuple[str, ...
 
 
 def anomaly(db: sqlite3.Connection, anomaly_id: str) -> dict[str, Any] | None:
-    row = db.execute(f"SELECT {_ANOMALY_COLUMNS} FROM anomalies WHERE id = ?",
-                     (anomaly_id,)).fetchone()
+    row = db.execute(
+        f"SELECT {_ANOMALY_COLUMNS} FROM anomalies WHERE id = ?", (anomaly_id,)
+    ).fetchone()
     return None if row is None else anomaly_row(row, tags_of(db, [row[3]]))
 
 
 def recent_errors(db: sqlite3.Connection, limit: int = 50) -> list[dict[str, Any]]:
-    rows = db.execute("SELECT at, kind, source, message FROM errors ORDER BY id DESC LIMIT ?",
-                      (limit,)).fetchall()
+    rows = db.execute(
+        "SELECT at, kind, source, message FROM errors ORDER BY id DESC LIMIT ?", (limit,)
+    ).fetchall()
     return [dict(zip(("at", "kind", "source", "message"), r, strict=True)) for r in rows]
 
 

@@ -45,14 +45,17 @@ def key_from_sql(value: int) -> int:
 
 def encode_state(state: State) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.asarray(value) for name, value in state.items()})
+    arrays: dict[str, Any] = {name: np.asarray(value) for name, value in state.items()}
+    np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
 def decode_state(blob: bytes) -> State:
     with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
-        return {name: (archive[name].item() if archive[name].ndim == 0 else archive[name])
-                for name in archive.files}
+        return {
+            name: (archive[name].item() if archive[name].ndim == 0 else archive[name])
+            for name in archive.files
+        }
 
 
 class Transaction:
@@ -67,8 +70,13 @@ class Transaction:
             "INSERT INTO state VALUES (?, ?, ?, ?, ?) ON CONFLICT (component, measurement) "
             "DO UPDATE SET fingerprint = excluded.fingerprint, blob = excluded.blob, "
             "updated = excluded.updated",
-            (component, measurement, str(state["fingerprint"]), encode_state(state),
-             self._version(component, measurement)),
+            (
+                component,
+                measurement,
+                str(state["fingerprint"]),
+                encode_state(state),
+                self._version(component, measurement),
+            ),
         )
 
     def _version(self, component: str, measurement: str) -> int:
@@ -87,9 +95,19 @@ class Transaction:
         self.db.executemany(
             "INSERT INTO anomalies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (a.id, a.time, a.measurement, key_to_sql(a.key), a.value, _finite(a.score),
-                 _finite(a.threshold), a.detector, json.dumps(a.explanation, allow_nan=False),
-                 a.status, check_id)
+                (
+                    a.id,
+                    a.time,
+                    a.measurement,
+                    key_to_sql(a.key),
+                    a.value,
+                    _finite(a.score),
+                    _finite(a.threshold),
+                    a.detector,
+                    json.dumps(a.explanation, allow_nan=False),
+                    a.status,
+                    check_id,
+                )
                 for a in anomalies
             ],
         )
@@ -108,8 +126,14 @@ class Transaction:
             (source, watermark, self.now),
         )
 
-    def add_check(self, started: int, records: int, anomalies: int,
-                  watermarks: tuple[int, int], report: dict[str, Any]) -> int:
+    def add_check(
+        self,
+        started: int,
+        records: int,
+        anomalies: int,
+        watermarks: tuple[int, int],
+        report: dict[str, Any],
+    ) -> int:
         cursor = self.db.execute(
             "INSERT INTO checks (started, finished, records, anomalies, watermark_from, "
             "watermark_to, report) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -132,10 +156,13 @@ class Transaction:
         self.db.execute("DELETE FROM inbox WHERE id <= ? AND time < ?", (upto_id, before_time))
 
 
-def read_state(db: sqlite3.Connection, component: str, measurement: str
-               ) -> tuple[State | None, int]:
-    row = db.execute("SELECT blob, updated FROM state WHERE component = ? AND measurement = ?",
-                     (component, measurement)).fetchone()
+def read_state(
+    db: sqlite3.Connection, component: str, measurement: str
+) -> tuple[State | None, int]:
+    row = db.execute(
+        "SELECT blob, updated FROM state WHERE component = ? AND measurement = ?",
+        (component, measurement),
+    ).fetchone()
     return (decode_state(row[0]), int(row[1])) if row else (None, 0)
 
 
@@ -246,8 +273,7 @@ class Store:
         if db is None:
             with self.read() as own:
                 return self.watermark(source, own)
-        row = db.execute("SELECT watermark FROM checkpoints WHERE source = ?",
-                         (source,)).fetchone()
+        row = db.execute("SELECT watermark FROM checkpoints WHERE source = ?", (source,)).fetchone()
         return int(row[0]) if row else 0
 
     def inbox_head(self) -> int:
@@ -265,8 +291,11 @@ class Store:
                 (after, upto),
             ).fetchall()
         schema = Batch.empty().frame.schema
-        frame = pl.DataFrame(rows, schema=[(c, pl.Int64 if c == "key" else t)
-                                           for c, t in schema.items()], orient="row")
+        frame = pl.DataFrame(
+            rows,
+            schema=[(c, pl.Int64 if c == "key" else t) for c, t in schema.items()],
+            orient="row",
+        )
         frame = frame.with_columns(
             pl.Series("key", to_unsigned(frame["key"].to_numpy()), dtype=pl.UInt64)
         )
@@ -295,10 +324,13 @@ class Store:
                 text = json.dumps(value)
                 tx.db.execute(
                     "INSERT INTO settings VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                    "value = excluded.value, updated = excluded.updated", (name, text, tx.now))
+                    "value = excluded.value, updated = excluded.updated",
+                    (name, text, tx.now),
+                )
                 tx.db.execute(
                     "INSERT INTO settings_history (name, value, at, actor) VALUES (?, ?, ?, ?)",
-                    (name, text, tx.now, actor))
+                    (name, text, tx.now, actor),
+                )
 
     def counters(self) -> dict[str, float]:
         with self.read() as db:

@@ -24,18 +24,28 @@ class Feedback(BaseModel):
 
 @router.get("/{measurement}/anomalies", summary="Anomalies of a measurement, newest first")
 def list_anomalies(
-    measurement: str, request: Request, store: StoreDep,
-    status_: Annotated[Literal["open", "confirmed", "false_positive", "all"] | None,
-                       Query(alias="status")] = None,
+    measurement: str,
+    request: Request,
+    store: StoreDep,
+    status_: Annotated[
+        Literal["open", "confirmed", "false_positive", "all"] | None, Query(alias="status")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     since: Annotated[int, Query(ge=0, description="ns since the epoch")] = 0,
 ) -> Response:
-    statuses = (queries.VISIBLE if status_ is None else
-                ("open", "confirmed", "false_positive") if status_ == "all" else (status_,))
+    statuses = (
+        queries.VISIBLE
+        if status_ is None
+        else ("open", "confirmed", "false_positive")
+        if status_ == "all"
+        else (status_,)
+    )
     with store.read() as db:
         if measurement not in queries.measurements(db):
-            raise HTTPException(status.HTTP_404_NOT_FOUND,
-                                f"unknown measurement {measurement!r}: see GET /measurements")
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                f"unknown measurement {measurement!r}: see GET /measurements",
+            )
         rows = queries.anomalies(db, measurement, statuses, limit, since)
     flat = [{k: v for k, v in r.items() if k != "tags"} | r["tags"] for r in rows]
     return respond(request, f"{measurement}: anomalies", rows, flat)
@@ -50,12 +60,16 @@ def get_anomaly(anomaly_id: str, request: Request, store: StoreDep) -> Response:
     return respond(request, f"anomaly {anomaly_id}", row)
 
 
-@router.post("/anomalies/{anomaly_id}/feedback",
-             summary="Mark an anomaly confirmed or false positive (folds it into the baseline)")
-async def feedback(anomaly_id: str, body: Feedback, store: StoreDep, settings: SettingsDep,
-                   _: Authorized) -> dict[str, object]:
+@router.post(
+    "/anomalies/{anomaly_id}/feedback",
+    summary="Mark an anomaly confirmed or false positive (folds it into the baseline)",
+)
+async def feedback(
+    anomaly_id: str, body: Feedback, store: StoreDep, settings: SettingsDep, _: Authorized
+) -> dict[str, object]:
     try:
-        return await run_in_threadpool(apply_feedback, store, anomaly_id, body.status,
-                                       effective(settings, store))
+        return await run_in_threadpool(
+            apply_feedback, store, anomaly_id, body.status, effective(settings, store)
+        )
     except UnknownAnomalyError as err:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(err)) from err

@@ -23,10 +23,14 @@ class ConfigUpdate(BaseModel):
 
 
 def _view(settings: Any) -> dict[str, Any]:
-    return {"tolerance": settings.tolerance, "frequency": settings.frequency,
-            "alternative": settings.alternative, "min_count": settings.min_count,
-            "adapt_after": settings.adapt_after,
-            "ranges": {"tolerance": TOLERANCE_RANGE, "frequency": FREQUENCY_RANGE}}
+    return {
+        "tolerance": settings.tolerance,
+        "frequency": settings.frequency,
+        "alternative": settings.alternative,
+        "min_count": settings.min_count,
+        "adapt_after": settings.adapt_after,
+        "ranges": {"tolerance": TOLERANCE_RANGE, "frequency": FREQUENCY_RANGE},
+    }
 
 
 @router.get("/config", summary="Effective detection settings")
@@ -35,7 +39,8 @@ def get_config(store: StoreDep, settings: SettingsDep) -> dict[str, Any]:
 
 
 @router.put("/config", summary="Change tolerance and/or frequency (takes effect at the next check)")
-def put_config(update: ConfigUpdate, store: StoreDep, settings: SettingsDep,
-               _: Authorized) -> dict[str, Any]:
+def put_config(
+    update: ConfigUpdate, store: StoreDep, settings: SettingsDep, _: Authorized
+) -> dict[str, Any]:
     store.set_settings(update.model_dump(exclude_none=True), actor="api")
     return _view(effective(settings, store))

@@ -24,9 +24,13 @@ def _rows(store: Store, measurement: str) -> list[dict[str, Any]]:
         n, mean, m2 = state["n"], state["mean"], state["m2"]
         std = moments.std(n, m2)
         columns = {
-            "n": n, "mean": mean, "std": std,
-            "sum": n * mean, "sum_of_squares": m2 + n * mean * mean,
-            "pending_n": state["pending_n"], "streak": state["streak"],
+            "n": n,
+            "mean": mean,
+            "std": std,
+            "sum": n * mean,
+            "sum_of_squares": m2 + n * mean * mean,
+            "pending_n": state["pending_n"],
+            "streak": state["streak"],
         }
     else:
         state, _ = store.load_state("created", measurement)
@@ -35,16 +39,24 @@ def _rows(store: Store, measurement: str) -> list[dict[str, Any]]:
                 known = measurement in queries.measurements(db)
             if known:
                 return []
-            raise HTTPException(status.HTTP_404_NOT_FOUND,
-                                f"unknown measurement {measurement!r}: see GET /measurements")
-        columns = {"last_created": state["last_value"], "last_time": state["last_time"],
-                   "resets": state["resets"]}
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                f"unknown measurement {measurement!r}: see GET /measurements",
+            )
+        columns = {
+            "last_created": state["last_value"],
+            "last_time": state["last_time"],
+            "resets": state["resets"],
+        }
     keys = np.asarray(state["key"], dtype=np.uint64)
     with store.read() as db:
         tags = queries.tags_of(db, [key_to_sql(int(k)) for k in keys])
     return [
-        {"key": format_key(int(k)), **tags.get(key_to_sql(int(k)), {}),
-         **{name: values[i].item() for name, values in columns.items()}}
+        {
+            "key": format_key(int(k)),
+            **tags.get(key_to_sql(int(k)), {}),
+            **{name: values[i].item() for name, values in columns.items()},
+        }
         for i, k in enumerate(keys)
     ]
 
@@ -71,15 +83,15 @@ def entity_stats(measurement: str, key: str, request: Request, store: StoreDep) 
     for row in _rows(store, measurement):
         if row["key"] == wanted:
             return respond(request, f"{measurement} {wanted}", row)
-    raise HTTPException(status.HTTP_404_NOT_FOUND,
-                        f"entity {wanted} has no statistics in {measurement!r}")
+    raise HTTPException(
+        status.HTTP_404_NOT_FOUND, f"entity {wanted} has no statistics in {measurement!r}"
+    )
 
 
 def tag_route(router_: APIRouter) -> None:
     """``GET /{entity_type}``: registered last, as it matches any single segment."""
 
-    @router_.get("/{entity_type}", summary="Values seen for one entity tag",
-                 tags=["statistics"])
+    @router_.get("/{entity_type}", summary="Values seen for one entity tag", tags=["statistics"])
     def tag_values(entity_type: str, request: Request, store: StoreDep) -> Response:
         if entity_type not in KEY_TAGS:
             raise HTTPException(
@@ -89,5 +101,4 @@ def tag_route(router_: APIRouter) -> None:
             )
         with store.read() as db:
             values = queries.tag_values(db, entity_type)
-        return respond(request, f"{entity_type} values", values,
-                       [{entity_type: v} for v in values])
+        return respond(request, f"{entity_type} values", values, [{entity_type: v} for v in values])

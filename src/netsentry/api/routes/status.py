@@ -36,8 +36,9 @@ def index(request: Request) -> Response:
         for path, operations in sorted(request.app.openapi()["paths"].items())
         for method, operation in operations.items()
     ]
-    return respond(request, "netsentry", {"routes": rows, "openapi": "/openapi.json",
-                                          "docs": "/docs"}, rows)
+    return respond(
+        request, "netsentry", {"routes": rows, "openapi": "/openapi.json", "docs": "/docs"}, rows
+    )
 
 
 def status_payload(store: Store) -> dict[str, Any]:
@@ -56,7 +57,8 @@ def status_payload(store: Store) -> dict[str, Any]:
 def status_(request: Request, store: StoreDep) -> Response:
     payload = status_payload(store)
     rows = [{"name": k, "value": v} for k, v in payload["counters"].items()] + [
-        {"name": f"error {e['source']}", "value": e["message"]} for e in payload["recent_errors"]]
+        {"name": f"error {e['source']}", "value": e["message"]} for e in payload["recent_errors"]
+    ]
     return respond(request, "status", payload, rows)
 
 
@@ -76,13 +78,14 @@ class StoreCollector:
         with self.store.read() as db:
             pending = queries.pending(db, watermark)
             entities = queries.entity_count(db)
-        yield GaugeMetricFamily("netsentry_inbox_pending", "Records awaiting a check",
-                                value=pending)
+        yield GaugeMetricFamily(
+            "netsentry_inbox_pending", "Records awaiting a check", value=pending
+        )
         yield GaugeMetricFamily("netsentry_entities", "Entities known", value=entities)
 
 
 @router.get("/metrics", summary="Prometheus metrics")
 def metrics(store: StoreDep) -> Response:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store))  # type: ignore[arg-type]
+    registry.register(StoreCollector(store))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -34,8 +34,9 @@ async def _body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > limit:
-            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                                f"request body exceeds {limit} bytes")
+            raise HTTPException(
+                status.HTTP_413_CONTENT_TOO_LARGE, f"request body exceeds {limit} bytes"
+            )
     if request.headers.get("content-encoding", "").lower() != "gzip":
         return bytes(raw)
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -44,8 +45,9 @@ async def _body(request: Request, limit: int) -> bytes:
     except zlib.error as err:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"invalid gzip body: {err}") from err
     if len(data) > limit or inflater.unconsumed_tail:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                            f"decompressed body exceeds {limit} bytes")
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"decompressed body exceeds {limit} bytes"
+        )
     return data
 
 
@@ -67,33 +69,44 @@ async def _write(request: Request, store: Store, limit: int, precision: str) -> 
     return JSONResponse(
         status_code=status.HTTP_400_BAD_REQUEST,
         content={
-            "error": f"partial write: line {first.line_no}: {first.reason} "
-                     f"dropped={len(errors)}",
-            "line": first.line_no, "reason": first.reason, "accepted": outcome["accepted"],
+            "error": f"partial write: line {first.line_no}: {first.reason} dropped={len(errors)}",
+            "line": first.line_no,
+            "reason": first.reason,
+            "accepted": outcome["accepted"],
             "rejected": len(errors),
-            "errors": [{"line": e.line_no, "reason": e.reason, "text": e.line}
-                       for e in errors[:ERRORS_SHOWN]],
+            "errors": [
+                {"line": e.line_no, "reason": e.reason, "text": e.line}
+                for e in errors[:ERRORS_SHOWN]
+            ],
         },
     )
 
 
 @router.post("/write", status_code=204, summary="InfluxDB 1.x line protocol write")
 async def write_v1(
-    request: Request, store: StoreDep, settings: SettingsDep, _: Authorized,
+    request: Request,
+    store: StoreDep,
+    settings: SettingsDep,
+    _: Authorized,
     db: Annotated[str | None, Query(description="database (required, as in InfluxDB)")] = None,
     precision: Annotated[str, Query()] = "ns",
 ) -> Response:
     if not db:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "database is required")
     if precision not in V1_PRECISIONS:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST,
-                            f"invalid precision {precision!r}: use one of {', '.join(V1_PRECISIONS)}")
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            f"invalid precision {precision!r}: use one of {', '.join(V1_PRECISIONS)}",
+        )
     return await _write(request, store, settings.max_body_bytes, precision)
 
 
 @router.post("/api/v2/write", status_code=204, summary="InfluxDB 2.x line protocol write")
 async def write_v2(
-    request: Request, store: StoreDep, settings: SettingsDep, _: Authorized,
+    request: Request,
+    store: StoreDep,
+    settings: SettingsDep,
+    _: Authorized,
     bucket: Annotated[str | None, Query()] = None,
     org: Annotated[str | None, Query()] = None,
     precision: Annotated[str, Query()] = "ns",
@@ -101,6 +114,8 @@ async def write_v2(
     if not bucket:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "bucket is required")
     if precision not in V2_PRECISIONS:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST,
-                            f"invalid precision {precision!r}: use one of {', '.join(V2_PRECISIONS)}")
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            f"invalid precision {precision!r}: use one of {', '.join(V2_PRECISIONS)}",
+        )
     return await _write(request, store, settings.max_body_bytes, V2_PRECISIONS[precision])
