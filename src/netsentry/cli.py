@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import secrets
@@ -117,7 +118,12 @@ def ingest(
     for path in paths:
         is_csv = fmt == "csv" or (fmt == "auto" and path.endswith((".csv", ".csv.gz")))
         if is_csv:
-            result = read_influx_csv(path, measurement=measurement or _measurement_of(path))
+            if not os.path.exists(path):
+                raise click.FileError(path, "no such file")
+            with _open(path, "rt") as text:
+                result = read_influx_csv(
+                    text, measurement=measurement or _measurement_of(path), source_name=path
+                )
             accepted += _keep(store, result, path)
             rejected += len(result.errors)
             continue
@@ -144,6 +150,13 @@ def ingest(
         _print_report(run_check(store, effective(settings, store)))
     if rejected and not accepted:
         sys.exit(1)
+
+
+def _open(path: str, mode: str) -> Any:
+    """Open a file, decompressing ``.gz`` on the fly (never loaded whole)."""
+    if path.endswith(".gz"):
+        return gzip.open(path, mode)
+    return open(path, mode)
 
 
 def _measurement_of(path: str) -> str | None:
