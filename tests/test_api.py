@@ -307,3 +307,50 @@ def test_official_influxdb_client_writes_through_a_real_server(live_server, sett
         1_639_069_200 * 10**9,
     )
     assert frame["time"][0] == 1_639_069_200 * 10**9
+
+
+def test_point_api_lines_posted_to_v1_write_on_a_real_server(live_server, settings):
+    """Line protocol from the official client's Point API, sent as Telegraf would (gzip)."""
+    import httpx
+    from influxdb_client import Point, WritePrecision
+
+    from conftest import TOKEN
+
+    lines = "\n".join(
+        Point("tdmp_packets_total")
+        .tag("src", f"10.0.0.{i}")
+        .tag("url", "http://x/a b")
+        .field("value", float(i))
+        .time(1_639_069_200_000_000 + i, WritePrecision.US)
+        .to_line_protocol()
+        for i in range(5)
+    )
+    response = httpx.post(
+        f"{live_server}/write",
+        params={"db": "telegraf", "precision": "u"},
+        content=gzip.compress(lines.encode()),
+        headers={"Content-Encoding": "gzip", "Authorization": f"Token {TOKEN}"},
+    )
+    assert response.status_code == 204, response.text
+    store = Store(settings.db)
+    frame = store.read_inbox(0, store.inbox_head()).frame
+    assert frame["time"].to_list() == [(1_639_069_200_000_000 + i) * 1000 for i in range(5)]
+    assert set(frame["url"].to_list()) == {"http://x/a b"}
+
+
+def test_v2_write_refusals(client, auth):
+    assert client.post("/api/v2/write", content=LINES, headers=auth).json() == {
+        "error": "bucket is required"
+    }
+    r = client.post(
+        "/api/v2/write", params={"bucket": "b", "precision": "u"}, content=LINES, headers=auth
+    )
+    assert r.status_code == 400 and "precision" in r.json()["error"]
+    r = client.post(
+        "/api/v2/write",
+        params={"bucket": "b", "precision": "us"},
+        content="cpu,src=a value=1 5",
+        headers=auth,
+    )
+    assert r.status_code == 204
+    assert client.post("/api/v2/write", params={"bucket": "b"}, content=LINES).status_code == 401

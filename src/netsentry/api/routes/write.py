@@ -82,6 +82,17 @@ async def _write(request: Request, store: Store, limit: int, precision: str) -> 
     )
 
 
+def _check_target(target: str | None, name: str, precision: str, allowed: tuple[str, ...]) -> None:
+    """InfluxDB's own refusals: a missing database/bucket, an unknown precision."""
+    if not target:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{name} is required")
+    if precision not in allowed:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            f"invalid precision {precision!r}: use one of {', '.join(allowed)}",
+        )
+
+
 @router.post("/write", status_code=204, summary="InfluxDB 1.x line protocol write")
 async def write_v1(
     request: Request,
@@ -91,13 +102,7 @@ async def write_v1(
     db: Annotated[str | None, Query(description="database (required, as in InfluxDB)")] = None,
     precision: Annotated[str, Query()] = "ns",
 ) -> Response:
-    if not db:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "database is required")
-    if precision not in V1_PRECISIONS:
-        raise HTTPException(
-            status.HTTP_400_BAD_REQUEST,
-            f"invalid precision {precision!r}: use one of {', '.join(V1_PRECISIONS)}",
-        )
+    _check_target(db, "database", precision, V1_PRECISIONS)
     return await _write(request, store, settings.max_body_bytes, precision)
 
 
@@ -111,11 +116,5 @@ async def write_v2(
     org: Annotated[str | None, Query()] = None,
     precision: Annotated[str, Query()] = "ns",
 ) -> Response:
-    if not bucket:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "bucket is required")
-    if precision not in V2_PRECISIONS:
-        raise HTTPException(
-            status.HTTP_400_BAD_REQUEST,
-            f"invalid precision {precision!r}: use one of {', '.join(V2_PRECISIONS)}",
-        )
+    _check_target(bucket, "bucket", precision, tuple(V2_PRECISIONS))
     return await _write(request, store, settings.max_body_bytes, V2_PRECISIONS[precision])
