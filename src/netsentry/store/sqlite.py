@@ -221,9 +221,16 @@ class Store:
 
     # -- ingest ---------------------------------------------------------------------
 
-    def append(self, batch: Batch) -> int:
-        """Put a batch in the inbox (and its entities in the entity table), atomically."""
+    def append(self, batch: Batch, checkpoint: tuple[str, int] | None = None) -> int:
+        """Put a batch in the inbox (and its entities in the entity table), atomically.
+
+        With ``checkpoint=(source, watermark)`` the source's watermark advances in the
+        same transaction, so a pulled window is either landed and marked, or neither.
+        """
         if len(batch) == 0:
+            if checkpoint is not None:
+                with self.transaction() as tx:
+                    tx.advance(*checkpoint)
             return 0
         frame = batch.frame
         entities = frame.unique(subset=["key"], keep="first", maintain_order=True)
@@ -249,6 +256,8 @@ class Store:
                 ),
             )
             tx.bump({"records_ingested": float(len(batch))})
+            if checkpoint is not None:
+                tx.advance(*checkpoint)
         return len(batch)
 
     def record_errors(self, kind: str, source: str, messages: list[str]) -> None:
