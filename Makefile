@@ -26,6 +26,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/mypy
 
 test: $(VENV)/.installed-test lint
+	scripts/ensure-test-servers.sh
 	$(BIN)/pytest
 
 bench: $(VENV)/.installed-test
