@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -38,7 +39,7 @@ def exporter():
     bytes_ = Counter("tdmp_bytes", "bytes per flow", LABELS, registry=registry)
     temperature = Gauge("device_temperature", "a gauge", ["src"], registry=registry)
     port = free_port()
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     stop = threading.Event()
 
     def traffic():
@@ -79,7 +80,7 @@ def test_grid_windows_partition_time():
     assert source.grid(5_000_000_000, 5_999_000_000) == []
     long = source.grid(0, 30_000 * 1_000_000_000)
     assert long[0] == (1000, 11_000_000) and long[-1][1] == 30_000_000
-    assert all(b[0] == a[1] + 1000 for a, b in zip(long, long[1:], strict=False))
+    assert all(b[0] == a[1] + 1000 for a, b in itertools.pairwise(long))
 
 
 def test_reads_counters_created_and_gauges_with_entity_tags(prom):
@@ -108,7 +109,7 @@ def test_consecutive_windows_neither_overlap_nor_gap(prom):
     source = PrometheusSource(prom, ["tdmp_bytes_total"], step_s=1.0)
     whole = source.pull(now - 6_000_000_000, now).frame.sort("time")
     cuts = [now - 6_000_000_000, now - 4_300_000_000, now - 4_000_000_000, now - 1_700_000_000, now]
-    parts = pl.concat([source.pull(a, b).frame for a, b in zip(cuts, cuts[1:], strict=False)])
+    parts = pl.concat([source.pull(a, b).frame for a, b in itertools.pairwise(cuts)])
     assert parts.sort("time").equals(whole)
 
 
@@ -131,7 +132,7 @@ def test_failures_say_what_and_where(prom):
     with pytest.raises(SourceError, match="ConnectError"):
         closed.pull(now - 5_000_000_000, now)
     bad = PrometheusSource(prom, ["rate(tdmp_bytes_total["], step_s=1.0)
-    with pytest.raises(SourceError, match="HTTP 400.*parse error"):
+    with pytest.raises(SourceError, match=r"HTTP 400.*parse error"):
         bad.pull(now - 5_000_000_000, now)
     scalar = PrometheusSource(prom, ["1 + 1"], step_s=1.0)
     with pytest.raises(SourceError, match="series without metric name"):
