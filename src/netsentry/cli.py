@@ -48,11 +48,31 @@ def _print_report(report: CheckReport) -> None:
 
 
 @main.command()
+@click.option("--pull/--no-pull", default=True, help="Pull the configured sources first.")
 @db_option
-def check(db: str | None) -> None:
-    """Run one check over everything ingested since the last one."""
+def check(pull: bool, db: str | None) -> None:
+    """Pull the configured sources, then run one check over everything new."""
+    from netsentry.service.pull import HOUR_NS, pull_sources
+    from netsentry.sources.base import SourceError
+    from netsentry.sources.configured import configured_sources
+
     settings = _settings(db)
     store = Store(settings.db)
+    if pull:
+        try:
+            pulled = pull_sources(
+                store,
+                configured_sources(settings),
+                initial_lookback_ns=int(settings.initial_lookback_h * HOUR_NS),
+            )
+        except SourceError as err:
+            click.echo(f"error: pull failed, check not run (watermarks kept): {err}", err=True)
+            sys.exit(1)
+        if pulled:
+            click.echo(
+                f"pulled {sum(p.records for p in pulled)} records from "
+                f"{len({p.source for p in pulled})} sources"
+            )
     _print_report(run_check(store, effective(settings, store)))
 
 

@@ -9,10 +9,10 @@ are kept in the store and take effect at the next check.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 TOLERANCE_RANGE: tuple[float, float] = (2.0, 6.0)
 FREQUENCY_RANGE: tuple[int, int] = (1, 168)  # hours
@@ -44,6 +44,26 @@ class Settings(DetectionSettings):
     port: int = Field(8000, ge=0, le=65535)
     api_token: SecretStr | None = None
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)
+
+    # Pull sources (none by default: points arrive through /write and `ingest`).
+    influx_url: str | None = None
+    influx_db: str = "telegraf"
+    influx_username: str | None = None
+    influx_password: SecretStr | None = None
+    influx_measurements: Annotated[list[str], NoDecode] = []
+    prometheus_url: str | None = None
+    prometheus_selectors: Annotated[list[str], NoDecode] = []
+    prometheus_step_s: float = Field(60.0, gt=0)
+    source_lateness_s: float = Field(60.0, ge=0)
+    initial_lookback_h: float = Field(24.0, gt=0)
+
+    @field_validator("influx_measurements", "prometheus_selectors", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """``a,b`` in the environment, or a list in code."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("api_token")
     @classmethod

@@ -2,8 +2,10 @@
 
 A change of ``frequency`` made through the API moves the next check at once (the wait
 is re-evaluated every few seconds); a change of ``tolerance`` applies to the next check.
-A check that fails is logged, counted, shown in ``/status`` and retried with backoff;
-the service keeps serving.
+Before each check every configured source is pulled into the inbox
+(:mod:`netsentry.service.pull`). A pull or check that fails is logged, counted, shown
+in ``/status`` and retried with backoff (2 s doubling to 5 min); the watermarks stay
+where they were and the service keeps serving.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import time
 
 from netsentry.config import Settings
 from netsentry.service.check import CheckReport, run_check
+from netsentry.service.pull import HOUR_NS, pull_sources
 from netsentry.service.runtime import effective
+from netsentry.sources.configured import configured_sources
 from netsentry.store.sqlite import Store
 
 log = logging.getLogger(__name__)
@@ -28,6 +32,7 @@ class Scheduler:
         self.poll_s = poll_s
         self.last_run = time.monotonic()
         self.failures = 0
+        self.sources = configured_sources(settings)
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -39,11 +44,18 @@ class Scheduler:
         period = backoff if backoff is not None else hours * 3600.0
         return self.last_run + period - time.monotonic()
 
+    def _pull_and_check(self) -> CheckReport:
+        """Pull every source, then check; a failed pull leaves the check for later."""
+        pull_sources(
+            self.store,
+            self.sources,
+            initial_lookback_ns=int(self.settings.initial_lookback_h * HOUR_NS),
+        )
+        return run_check(self.store, effective(self.settings, self.store))
+
     async def check_now(self) -> CheckReport | None:
         try:
-            report = await asyncio.to_thread(
-                run_check, self.store, effective(self.settings, self.store)
-            )
+            report = await asyncio.to_thread(self._pull_and_check)
         except Exception as err:  # the service must keep serving
             self.failures += 1
             log.exception("check failed")
