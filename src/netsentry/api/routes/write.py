@@ -118,3 +118,35 @@ async def write_v2(
 ) -> Response:
     _check_target(bucket, "bucket", precision, tuple(V2_PRECISIONS))
     return await _write(request, store, settings.max_body_bytes, V2_PRECISIONS[precision])
+
+
+@router.api_route(
+    "/ping", methods=["GET", "HEAD"], status_code=204, summary="InfluxDB-style liveness probe"
+)
+def ping() -> Response:
+    return Response(status_code=204, headers={"X-Influxdb-Version": "netsentry-1.x-compatible"})
+
+
+@router.post("/query", summary="InfluxQL subset: CREATE DATABASE (what Telegraf sends first)")
+async def query(
+    request: Request, _: Authorized, q: Annotated[str | None, Query()] = None
+) -> JSONResponse:
+    """Telegraf's influxdb output creates its database before writing; accept that.
+
+    netsentry keeps no databases, so ``CREATE DATABASE`` succeeds as a no-op. Any other
+    statement is refused: netsentry is written to, not queried, over this protocol.
+    """
+    if q is None:
+        form = await request.form()
+        value = form.get("q")
+        q = value if isinstance(value, str) else None
+    if not q:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, 'missing required parameter "q"')
+    statements = [s.strip() for s in q.split(";") if s.strip()]
+    if statements and all(s.upper().startswith("CREATE DATABASE ") for s in statements):
+        return JSONResponse({"results": [{"statement_id": i} for i in range(len(statements))]})
+    raise HTTPException(
+        status.HTTP_400_BAD_REQUEST,
+        "netsentry accepts only CREATE DATABASE on /query; read data through "
+        "the REST routes (GET / lists them)",
+    )
