@@ -99,6 +99,12 @@ def pending(db: sqlite3.Connection, watermark: int) -> int:
     return int(n)
 
 
+def checkpoints(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every source's watermark (ns) and when it last moved."""
+    rows = db.execute("SELECT source, watermark, updated FROM checkpoints ORDER BY source")
+    return [{"source": s, "watermark": w, "updated": u} for s, w, u in rows]
+
+
 def entity_count(db: sqlite3.Connection) -> int:
     (n,) = db.execute("SELECT COUNT(*) FROM entities").fetchone()
     return int(n)

@@ -49,6 +49,7 @@ def status_payload(store: Store) -> dict[str, Any]:
             "last_check": queries.last_check(db),
             "inbox": {"watermark": watermark, "pending": queries.pending(db, watermark)},
             "entities": queries.entity_count(db),
+            "checkpoints": queries.checkpoints(db),
             "recent_errors": queries.recent_errors(db),
         }
 
