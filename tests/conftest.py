@@ -1,4 +1,3 @@
-import socket
 import sys
 import threading
 import time
@@ -9,6 +8,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 TOKEN = "test-token-0123456789abcdef"
+
+import httpx  # noqa: E402
+
+from netsentry.respond.riot import RiotClient  # noqa: E402
+from riot_standin import HA1, USER, StandIn, riot_settings  # noqa: E402
+from servers import free_port  # noqa: E402
 
 
 @pytest.fixture
@@ -35,12 +40,6 @@ def auth():
     return {"Authorization": f"Bearer {TOKEN}"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def live_server(settings):
     """The real app under a real uvicorn on a free loopback port."""
@@ -62,3 +61,30 @@ def live_server(settings):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+# -- the stand-in RIoT server (tests/riot_standin.py) ---------------------------------
+
+
+@pytest.fixture
+def riot():
+    stand = StandIn({USER: HA1})
+    stand.start()
+    yield stand
+    stand.stop()
+    assert stand.disagreements == []
+
+
+@pytest.fixture(scope="module")
+def shared_riot():
+    stand = StandIn({USER: HA1})
+    stand.start()
+    with httpx.Client() as http:  # one pool for every example (the caller's client)
+        yield stand, RiotClient(riot_settings(stand), http=http)
+    stand.stop()
+
+
+@pytest.fixture
+def riot_client(riot):
+    with RiotClient(riot_settings(riot)) as client:
+        yield client

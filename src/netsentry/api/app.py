@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from netsentry.api.routes import anomalies, config, stats, status, write
 from netsentry.config import Settings
+from netsentry.service.control import ControlPlane
 from netsentry.service.scheduler import Scheduler
 from netsentry.store.sqlite import Store
 
@@ -21,7 +22,7 @@ def create_app(
 ) -> FastAPI:
     """Build the app; with ``schedule`` it also runs a check every ``frequency`` hours."""
     store = store or Store(settings.db)
-    scheduler = Scheduler(store, settings)
+    scheduler = Scheduler(store, settings, control=ControlPlane.from_environment())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -30,6 +31,8 @@ def create_app(
         if task is not None:
             scheduler.stop()
             await task
+        if scheduler.control is not None:
+            scheduler.control.close()
 
     app = FastAPI(
         title="netsentry",

@@ -23,6 +23,7 @@ from netsentry.detect.threshold import Tolerance
 from netsentry.detect.zscore import ZScore
 from netsentry.keys import format_key
 from netsentry.model import KEY_TAGS, Anomaly, Batch
+from netsentry.respond.outbox import enqueue
 from netsentry.series import CounterIncrease, CreatedTracker, GaugePassThrough, family, kind_of
 from netsentry.store.sqlite import ConcurrentUpdateError, Store
 
@@ -200,23 +201,32 @@ def detect(
 
 
 def run_check(
-    store: Store, settings: DetectionSettings, *, upto: int | None = None, attempts: int = 3
+    store: Store,
+    settings: DetectionSettings,
+    *,
+    upto: int | None = None,
+    attempts: int = 3,
+    outbox: str | None = None,
 ) -> CheckReport:
     """Run one check over the inbox and commit its results atomically.
 
     If feedback or another check replaced a state meanwhile, the check is redone from
-    the new state (optimistic concurrency), up to ``attempts`` times.
+    the new state (optimistic concurrency), up to ``attempts`` times. With ``outbox``
+    every new anomaly is queued for that destination (e.g. ``"riot"``) in the same
+    transaction, so a notification can neither be lost nor sent for a rolled-back check.
     """
     for attempt in range(1, attempts + 1):
         try:
-            return _check_once(store, settings, upto)
+            return _check_once(store, settings, upto, outbox)
         except ConcurrentUpdateError:
             if attempt == attempts:
                 raise
     raise AssertionError("unreachable")
 
 
-def _check_once(store: Store, settings: DetectionSettings, upto: int | None) -> CheckReport:
+def _check_once(
+    store: Store, settings: DetectionSettings, upto: int | None, outbox: str | None
+) -> CheckReport:
     started = time.time_ns()
     after = store.watermark(INBOX)
     head = store.inbox_head() if upto is None else upto
@@ -241,6 +251,8 @@ def _check_once(store: Store, settings: DetectionSettings, upto: int | None) -> 
             report.as_dict(),
         )
         tx.add_anomalies(outcome.anomalies, report.check_id)
+        if outbox is not None:
+            enqueue(tx.db, outbox, outcome.anomalies, tx.now)
         tx.advance(INBOX, report.watermark_to)
         tx.bump(
             {

@@ -17,6 +17,7 @@ import time
 
 from netsentry.config import Settings
 from netsentry.service.check import CheckReport, run_check
+from netsentry.service.control import ControlPlane
 from netsentry.service.pull import HOUR_NS, pull_sources
 from netsentry.service.runtime import effective
 from netsentry.sources.configured import configured_sources
@@ -26,11 +27,22 @@ log = logging.getLogger(__name__)
 
 
 class Scheduler:
-    def __init__(self, store: Store, settings: Settings, *, poll_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        poll_s: float = 5.0,
+        control: ControlPlane | None = None,
+        params_every_s: float = 300.0,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.poll_s = poll_s
+        self.control = control
+        self.params_every_s = params_every_s
         self.last_run = time.monotonic()
+        self.last_params = float("-inf")
         self.failures = 0
         self.sources = configured_sources(settings)
         self._stop = asyncio.Event()
@@ -45,13 +57,43 @@ class Scheduler:
         return self.last_run + period - time.monotonic()
 
     def _pull_and_check(self) -> CheckReport:
-        """Pull every source, then check; a failed pull leaves the check for later."""
+        """Parameters from RIoT, every source pulled, then the check, then delivery.
+
+        A failed pull leaves the check for later; RIoT being down does not.
+        """
+        if self.control is not None:
+            self._refresh_params()
         pull_sources(
             self.store,
             self.sources,
             initial_lookback_ns=int(self.settings.initial_lookback_h * HOUR_NS),
         )
-        return run_check(self.store, effective(self.settings, self.store))
+        outbox = self.control.destination if self.control is not None else None
+        report = run_check(self.store, effective(self.settings, self.store), outbox=outbox)
+        self._deliver()
+        return report
+
+    def _refresh_params(self) -> None:
+        assert self.control is not None
+        self.control.refresh(self.store, self.settings)
+        self.last_params = time.monotonic()
+
+    def _deliver(self) -> None:
+        if self.control is None:
+            return
+        try:
+            self.control.deliver(self.store)
+        except Exception as err:  # delivery problems are the outbox's to retry
+            log.exception("outbox delivery failed")
+            self.store.record_errors("riot", "outbox", [f"delivery failed: {err}"])
+
+    def _housekeeping(self) -> None:
+        """Between checks: deliver what is due, poll the parameters now and then."""
+        if self.control is None:
+            return
+        if time.monotonic() - self.last_params >= self.params_every_s:
+            self._refresh_params()
+        self._deliver()
 
     async def check_now(self) -> CheckReport | None:
         try:
@@ -80,5 +122,6 @@ class Scheduler:
             if wait <= 0:
                 await self.check_now()
                 continue
+            await asyncio.to_thread(self._housekeeping)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=min(wait, self.poll_s))

@@ -63,6 +63,23 @@ MIGRATIONS: list[str] = [
         at INTEGER NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, message TEXT NOT NULL
     );
     """,
+    # 2: the outbox of notifications (RIoT events), delivered at least once, in order
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        destination TEXT NOT NULL,        -- e.g. 'riot'
+        anomaly_id TEXT NOT NULL,
+        payload TEXT NOT NULL,            -- the JSON body to send
+        created INTEGER NOT NULL,         -- ns
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt INTEGER NOT NULL,    -- ns; not sent before
+        last_error TEXT,
+        last_status INTEGER,              -- HTTP status of the last failure, NULL: no answer
+        delivered INTEGER,                -- ns; NULL while pending
+        UNIQUE (destination, anomaly_id)
+    );
+    CREATE INDEX outbox_due ON outbox(destination, delivered, next_attempt);
+    """,
 ]
 
 

@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from netsentry.api.deps import StoreDep
 from netsentry.api.render import respond
+from netsentry.respond.outbox import pending_summary
 from netsentry.service.check import INBOX
 from netsentry.store import queries
 from netsentry.store.sqlite import Store
@@ -41,10 +42,14 @@ def index(request: Request) -> Response:
     )
 
 
-def status_payload(store: Store) -> dict[str, Any]:
+def status_payload(store: Store, outbox_destination: str | None = None) -> dict[str, Any]:
     watermark = store.watermark(INBOX)
+    outbox = None
+    if outbox_destination is not None:
+        outbox = {outbox_destination: pending_summary(store, outbox_destination)}
     with store.read() as db:
         return {
+            "outbox": outbox,
             "counters": store.counters(),
             "last_check": queries.last_check(db),
             "inbox": {"watermark": watermark, "pending": queries.pending(db, watermark)},
@@ -56,7 +61,8 @@ def status_payload(store: Store) -> dict[str, Any]:
 
 @router.get("/status", summary="Recent errors, counters and the last check")
 def status_(request: Request, store: StoreDep) -> Response:
-    payload = status_payload(store)
+    control = request.app.state.scheduler.control
+    payload = status_payload(store, control.destination if control is not None else None)
     rows = [{"name": k, "value": v} for k, v in payload["counters"].items()] + [
         {"name": f"error {e['source']}", "value": e["message"]} for e in payload["recent_errors"]
     ]
