@@ -10,16 +10,13 @@ import yaml
 
 from netsentry.cli import main as cli
 from netsentry.config import Settings
+from netsentry.respond.riot import RiotSettings
 
 ROOT = Path(__file__).parent.parent
 
 
 def settings_env_names() -> set[str]:
     names = {f"NETSENTRY_{name.upper()}" for name in Settings.model_fields}
-    try:
-        from netsentry.respond.riot import RiotSettings
-    except ImportError:  # the RIoT connector is not part of this build
-        return names
     return names | {f"NETSENTRY_RIOT_{name.upper()}" for name in RiotSettings.model_fields}
 
 
