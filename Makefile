@@ -30,7 +30,9 @@ test: $(VENV)/.installed-test lint
 	$(BIN)/pytest
 
 bench: $(VENV)/.installed-test
+	$(BIN)/pip install --quiet -e ".[test,bench]"
 	$(BIN)/python bench/bench_check.py
+	$(BIN)/python bench/bench_influx_source.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
