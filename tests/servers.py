@@ -26,8 +26,14 @@ class ServerProcess:
     """One server process with a fixed command line; ``stop`` and ``start`` keep its
     port and data, so a test can cut it off in the middle of a run."""
 
-    def __init__(self, name: str, command: list[str], ready: Callable[[], bool], log: Path,
-                 timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        ready: Callable[[], bool],
+        log: Path,
+        timeout_s: float = 30.0,
+    ) -> None:
         if shutil.which(command[0]) is None:
             raise RuntimeError(f"{command[0]} is not installed: run scripts/ensure-test-servers.sh")
         self.name, self.command, self.ready, self.log = name, command, ready, log
@@ -35,8 +41,9 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, stdout=self.log.open("ab"),
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            self.command, stdout=self.log.open("ab"), stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -48,8 +55,9 @@ class ServerProcess:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"{self.name} not ready in {self.timeout_s}s: "
-                           f"{self.log.read_text()[-2000:]}")
+        raise RuntimeError(
+            f"{self.name} not ready in {self.timeout_s}s: {self.log.read_text()[-2000:]}"
+        )
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
