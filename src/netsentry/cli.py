@@ -51,29 +51,32 @@ def _print_report(report: CheckReport) -> None:
 @click.option("--pull/--no-pull", default=True, help="Pull the configured sources first.")
 @db_option
 def check(pull: bool, db: str | None) -> None:
-    """Pull the configured sources, then run one check over everything new."""
-    from netsentry.service.pull import HOUR_NS, pull_sources
+    """Pull the configured sources and check each ended period (or the inbox once)."""
+    from netsentry.service.pull import HOUR_NS, catch_up
     from netsentry.sources.base import SourceError
     from netsentry.sources.configured import configured_sources
 
     settings = _settings(db)
     store = Store(settings.db)
-    if pull:
-        try:
-            pulled = pull_sources(
-                store,
-                configured_sources(settings),
-                initial_lookback_ns=int(settings.initial_lookback_h * HOUR_NS),
-            )
-        except SourceError as err:
-            click.echo(f"error: pull failed, check not run (watermarks kept): {err}", err=True)
-            sys.exit(1)
-        if pulled:
-            click.echo(
-                f"pulled {sum(p.records for p in pulled)} records from "
-                f"{len({p.source for p in pulled})} sources"
-            )
-    _print_report(run_check(store, effective(settings, store)))
+    detection = effective(settings, store)
+    sources = configured_sources(settings) if pull else []
+    try:
+        reports = catch_up(
+            store,
+            sources,
+            detection.frequency * HOUR_NS,
+            lambda: run_check(store, effective(settings, store)),
+            initial_lookback_ns=int(settings.initial_lookback_h * HOUR_NS),
+        )
+    except SourceError as err:
+        click.echo(
+            f"error: a source failed, later periods not checked (watermarks kept): {err}", err=True
+        )
+        sys.exit(1)
+    for report in reports:
+        _print_report(report)
+    if not reports:
+        click.echo("no check period has ended since the last check")
 
 
 def _ingest_stream(

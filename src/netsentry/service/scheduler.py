@@ -18,7 +18,7 @@ import time
 from netsentry.config import Settings
 from netsentry.service.check import CheckReport, run_check
 from netsentry.service.control import ControlPlane
-from netsentry.service.pull import HOUR_NS, pull_sources
+from netsentry.service.pull import HOUR_NS, catch_up
 from netsentry.service.runtime import effective
 from netsentry.sources.configured import configured_sources
 from netsentry.store.sqlite import Store
@@ -57,21 +57,26 @@ class Scheduler:
         return self.last_run + period - time.monotonic()
 
     def _pull_and_check(self) -> CheckReport:
-        """Parameters from RIoT, every source pulled, then the check, then delivery.
+        """Parameters from RIoT, then one check per ended period, then delivery.
 
-        A failed pull leaves the check for later; RIoT being down does not.
+        A source that fails stops the catch-up (the rest waits for the next attempt);
+        RIoT being down does not.
         """
         if self.control is not None:
             self._refresh_params()
-        pull_sources(
-            self.store,
-            self.sources,
-            initial_lookback_ns=int(self.settings.initial_lookback_h * HOUR_NS),
-        )
         outbox = self.control.destination if self.control is not None else None
-        report = run_check(self.store, effective(self.settings, self.store), outbox=outbox)
-        self._deliver()
-        return report
+        detection = effective(self.settings, self.store)
+        try:
+            reports = catch_up(
+                self.store,
+                self.sources,
+                detection.frequency * HOUR_NS,
+                lambda: run_check(self.store, effective(self.settings, self.store), outbox=outbox),
+                initial_lookback_ns=int(self.settings.initial_lookback_h * HOUR_NS),
+            )
+        finally:
+            self._deliver()
+        return reports[-1] if reports else CheckReport()
 
     def _refresh_params(self) -> None:
         assert self.control is not None
