@@ -120,9 +120,8 @@ async def write_v2(
     return await _write(request, store, settings.max_body_bytes, V2_PRECISIONS[precision])
 
 
-@router.api_route(
-    "/ping", methods=["GET", "HEAD"], status_code=204, summary="InfluxDB-style liveness probe"
-)
+@router.head("/ping", status_code=204, include_in_schema=False)
+@router.get("/ping", status_code=204, summary="InfluxDB-style liveness probe")
 def ping() -> Response:
     return Response(status_code=204, headers={"X-Influxdb-Version": "netsentry-1.x-compatible"})
 
