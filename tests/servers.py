@@ -6,6 +6,7 @@ Installed by ``scripts/ensure-test-servers.sh`` (``make test`` runs it).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -48,11 +49,9 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
-            try:
+            with contextlib.suppress(httpx.HTTPError):  # not listening yet
                 if self.ready():
                     return
-            except httpx.HTTPError:
-                pass
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(

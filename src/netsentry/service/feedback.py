@@ -18,7 +18,7 @@ STATUSES = ("open", "confirmed", "false_positive")
 
 
 class UnknownAnomalyError(LookupError):
-    pass
+    """No anomaly has the id that feedback was given for."""
 
 
 def apply_feedback(

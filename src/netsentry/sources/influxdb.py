@@ -19,6 +19,7 @@ garbage raises :class:`SourceError`: a window is returned whole or not at all.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 from collections.abc import Iterable, Iterator
@@ -236,8 +237,8 @@ class InfluxQLSource:
                 raise self._error("SHOW MEASUREMENTS", f"unexpected rows {str(rows)[:200]}")
             names.extend(r[0] for r in rows)
         if not names:  # influxd lists nothing for a missing database: ask in a way that fails
-            for _ in self._series(client, "SHOW RETENTION POLICIES", "SHOW RETENTION POLICIES"):
-                pass
+            policies = self._series(client, "SHOW RETENTION POLICIES", "SHOW RETENTION POLICIES")
+            collections.deque(policies, maxlen=0)  # drain it: an error raises SourceError
         return names
 
     def _error(self, where: str, what: str) -> SourceError:
