@@ -49,3 +49,7 @@ def fingerprint(params: dict[str, Any]) -> str:
 
 class StateMismatchError(ValueError):
     """A saved state does not fit the detector that is asked to load it."""
+
+
+class NotMergeableError(TypeError):
+    """This detector's state cannot be combined across shards (the message says why)."""
