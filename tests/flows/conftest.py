@@ -1,0 +1,6 @@
+"""Makes ``flowdata`` (the helpers of the flow tests) importable."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
