@@ -109,9 +109,9 @@ def _keep(store: Store, result: ParseResult, name: str) -> int:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["auto", "lp", "csv"]),
+    type=click.Choice(["auto", "lp", "csv", "zeek", "eve"]),
     default="auto",
-    help="Line protocol or InfluxDB CSV (auto: by file name).",
+    help="Line protocol, InfluxDB CSV, Zeek conn.log or Suricata EVE (auto: by file name).",
 )
 @click.option("--measurement", default=None, help="Measurement of a CSV without one.")
 @click.option(
@@ -139,6 +139,12 @@ def ingest(
     store = Store(settings.db)
     accepted = rejected = 0
     for path in paths:
+        kind = _flow_kind(path) if fmt == "auto" else fmt
+        if kind in ("zeek", "eve"):
+            if not os.path.exists(path):
+                raise click.FileError(path, "no such file")
+            accepted += _ingest_flow_file(store, settings, path, kind)
+            continue
         is_csv = fmt == "csv" or (fmt == "auto" and path.endswith((".csv", ".csv.gz")))
         if is_csv:
             if not os.path.exists(path):
@@ -175,6 +181,50 @@ def ingest(
         sys.exit(1)
 
 
+def _flow_kind(path: str) -> str | None:
+    name = Path(path).name.removesuffix(".gz")
+    if "conn" in name and name.endswith((".log", ".labeled")):
+        return "zeek"
+    if name.endswith((".json", ".jsonl")) and "eve" in name:
+        return "eve"
+    return None
+
+
+def _ingest_flow_file(store: Store, settings: Settings, path: str, kind: str) -> int:
+    """Flows → (pseudonyms) → signals and conversation series; returns the records."""
+    from netsentry.flows import FlowReport, read_eve, read_zeek
+    from netsentry.privacy.epochs import Pseudonymizer, parse_master_secret
+    from netsentry.service.flow_ingest import ingest_flows
+
+    pseudonymizer = None
+    if settings.pseudonym_key is not None:
+        master = parse_master_secret(settings.pseudonym_key.get_secret_value())
+        pseudonymizer = Pseudonymizer(master, settings.pseudonym_period)
+    report = FlowReport(source=path)
+    reader = read_zeek if kind == "zeek" else read_eve
+    with tqdm(desc=Path(path).name, unit=" flows", disable=None) as bar:
+
+        def chunks() -> Any:
+            for chunk in reader(path, report=report):
+                bar.update(len(chunk.frame))
+                yield chunk
+
+        result = ingest_flows(
+            store, chunks(), pseudonymizer=pseudonymizer, interval_s=settings.flow_interval_s
+        )
+    errors = [str(e) for e in report.errors]
+    for error in errors[:20]:
+        click.echo(f"error: {error}", err=True)
+    store.record_errors("ingest", path, errors)
+    click.echo(
+        f"{path}: {result.flows} flows ({report.error_count} malformed lines, "
+        f"{sum(report.skipped.values())} other records skipped) -> {result.records} "
+        f"conversation records, {result.signals} signals"
+        + (", addresses pseudonymized" if pseudonymizer else "")
+    )
+    return result.records
+
+
 def _open(path: str, mode: str) -> Any:
     """Open a file, decompressing ``.gz`` on the fly (never loaded whole)."""
     if path.endswith(".gz"):
@@ -186,6 +236,57 @@ def _measurement_of(path: str) -> str | None:
     """``data_tdmp_bytes_total.csv`` holds ``tdmp_bytes_total`` (the RIoT export's naming)."""
     stem = Path(path).name.removesuffix(".gz").removesuffix(".csv")
     return stem.removeprefix("data_") or None
+
+
+@main.command()
+@click.argument("addresses", nargs=-1)
+@click.option("--epoch", type=int, default=None, help="Epoch id the addresses belong to.")
+@click.option("--key", "keys", multiple=True, help="Entity key(s) to reverse (16 hex digits).")
+@db_option
+def depseudonymize(
+    addresses: tuple[str, ...], epoch: int | None, keys: tuple[str, ...], db: str | None
+) -> None:
+    """Reverse pseudonyms (needs NETSENTRY_PSEUDONYM_KEY, the master secret)."""
+    import polars as pl
+
+    from netsentry.keys import parse_key
+    from netsentry.privacy.epochs import Pseudonymizer, WrongKeyError, parse_master_secret
+    from netsentry.store.sqlite import key_to_sql
+
+    settings = _settings(db)
+    if settings.pseudonym_key is None:
+        raise click.UsageError("NETSENTRY_PSEUDONYM_KEY (the master secret) is not set")
+    master = parse_master_secret(settings.pseudonym_key.get_secret_value())
+    pseudonymizer = Pseudonymizer(master, settings.pseudonym_period)
+    if addresses and epoch is None:
+        raise click.UsageError("--epoch is needed with addresses")
+    try:
+        if addresses:
+            back = pseudonymizer.depseudonymize(
+                pl.Series(addresses), pl.Series([epoch] * len(addresses))
+            )
+            for pseudonym, original in zip(addresses, back.addresses, strict=True):
+                click.echo(f"{pseudonym} -> {original}")
+        store = Store(settings.db)
+        for text in keys:
+            with store.read() as conn:
+                row = conn.execute(
+                    "SELECT e.src, e.dst, p.epoch, p.fingerprint FROM entities e "
+                    "JOIN pseudonym_epochs p ON p.key = e.key WHERE e.key = ?",
+                    (key_to_sql(parse_key(text.lower())),),
+                ).fetchone()
+            if row is None:
+                raise click.UsageError(f"no pseudonymized entity {text}")
+            src, dst, entity_epoch, fingerprint = row
+            back = pseudonymizer.depseudonymize(
+                pl.Series([src, dst]), pl.Series([entity_epoch] * 2), fingerprint=fingerprint
+            )
+            click.echo(
+                f"{text}: src {src} -> {back.addresses[0]}, dst {dst} -> {back.addresses[1]} "
+                f"(epoch {entity_epoch})"
+            )
+    except WrongKeyError as err:
+        raise click.ClickException(str(err)) from err
 
 
 @main.command()

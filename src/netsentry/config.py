@@ -57,6 +57,11 @@ class Settings(DetectionSettings):
     source_lateness_s: float = Field(60.0, ge=0)
     initial_lookback_h: float = Field(24.0, gt=0)
 
+    # Flows: pseudonymized at ingest when a key is set (hex or base64, >= 32 bytes).
+    pseudonym_key: SecretStr | None = None
+    pseudonym_period: Literal["hour", "day"] = "day"
+    flow_interval_s: float = Field(3600.0, gt=0)
+
     @field_validator("influx_measurements", "prometheus_selectors", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:

@@ -80,6 +80,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_due ON outbox(destination, delivered, next_attempt);
     """,
+    # 3: the epoch of every pseudonymized entity, so the key holder can reverse it
+    """
+    CREATE TABLE pseudonym_epochs (
+        key INTEGER PRIMARY KEY,          -- entity key (signed 64-bit)
+        period TEXT NOT NULL,             -- hour or day
+        epoch INTEGER NOT NULL,           -- floor(time / period)
+        fingerprint TEXT NOT NULL         -- of the master secret, never the secret
+    );
+    """,
 ]
 
 
