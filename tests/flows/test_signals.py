@@ -139,3 +139,32 @@ def test_parameters_are_checked():
         FlowSignals(max_ports=1)
     with pytest.raises(ValueError, match="window_s"):
         FlowSignals(window_s=0)
+
+
+def storms(signals: list[Signal]) -> list[Signal]:
+    return [s for s in signals if s.kind == "unanswered_storm"]
+
+
+def test_the_remcos_command_and_control_retries_are_an_unanswered_storm():
+    found = storms(FlowSignals().update(log("slips-test18.conn.log.labeled")))
+    assert {(s.tags["src"], s.tags["dst"], s.tags["dstp"]) for s in found} == {
+        ("192.168.1.107", "66.63.168.35", "5888")
+    }
+    assert len(found) == 9  # one per minute of the 8.3-minute capture
+    assert sum(s.explanation["unanswered"] for s in found) == 719  # every labelled C2 flow
+    for name in (
+        "iot23-honeypot-4-1.conn.log.labeled",
+        "slips-portscan-horizontal.conn.log",
+        "slips-portscan-vertical.conn.log",
+    ):
+        assert storms(FlowSignals().update(log(name))) == [], name
+
+
+def test_answered_flows_never_make_a_storm_and_the_threshold_is_exact():
+    refused = [flow(i, state="S0", packets_in=0, bytes_in=0) for i in range(30)]
+    answered = [flow(i + 0.5) for i in range(100)]
+    assert len(storms(FlowSignals().update(make_flows(refused[:29] + answered)))) == 0
+    hit = storms(FlowSignals().update(make_flows(refused + answered)))
+    assert len(hit) == 1 and hit[0].explanation["unanswered"] == 30 and hit[0].time == 0
+    with pytest.raises(ValueError, match="at least 2"):
+        FlowSignals(max_unanswered=1)

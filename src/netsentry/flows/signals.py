@@ -18,6 +18,12 @@
 ``fan_out_ports``
     One source reaches at least ``max_ports`` distinct ports of the same destination
     within one window (a vertical scan).
+``unanswered_storm``
+    At least ``max_unanswered`` flows from one source to the same server port go
+    unanswered (as above) within one window: a client hammering a server that is not
+    there, the way malware retries its command-and-control server (the RemcosRAT
+    capture: 719 refused attempts to one address and port in eight minutes). Its
+    ``time`` is the window's first unanswered attempt.
 
 Windows are ``window_s`` long and aligned to the epoch, so a scan that straddles a
 boundary is counted in two halves. Each fan-out fires once per window; its ``time`` is
@@ -44,7 +50,13 @@ from netsentry.flows.schema import Flows, frame_from_state, frame_to_state
 
 __all__ = ["KINDS", "FlowSignals", "Signal"]
 
-KINDS = ("new_conversation", "new_server_port", "fan_out_destinations", "fan_out_ports")
+KINDS = (
+    "new_conversation",
+    "new_server_port",
+    "fan_out_destinations",
+    "fan_out_ports",
+    "unanswered_storm",
+)
 #: Zeek conn_state values of flows where no connection was made.
 REFUSED_STATES = ("REJ", "S0", "RSTOS0", "RSTRH", "SH", "SHR")
 _EXAMPLES = 5
@@ -54,6 +66,12 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
     "conversations": dict.fromkeys(_CONV, _S),
     "servers": {"dst": _S, "proto": _S, "dstp": _S, "first": pl.Int64},
     "contacts": {"window": pl.Int64, **dict.fromkeys(_CONV, _S), "first": pl.Int64},
+    "attempts": {
+        "window": pl.Int64,
+        **dict.fromkeys(_CONV, _S),
+        "count": pl.Int64,
+        "first": pl.Int64,
+    },
     "fired": {"window": pl.Int64, "kind": _S, "src": _S, "proto": _S, "target": _S},
 }
 # fan-out kind → (the column that is counted, the column that completes the group)
@@ -96,15 +114,17 @@ class FlowSignals:
         window_s: float = 60.0,
         max_destinations: int = 20,
         max_ports: int = 20,
+        max_unanswered: int = 30,
         unanswered_only: bool = False,
         lateness_s: float = 600.0,
     ) -> None:
-        if min(max_destinations, max_ports) < 2:
-            raise ValueError("fan-out thresholds must be at least 2")
+        if min(max_destinations, max_ports, max_unanswered) < 2:
+            raise ValueError("fan-out and unanswered thresholds must be at least 2")
         if not (window_s > 0 and baseline_s >= 0 and lateness_s >= 0):
             raise ValueError("window_s must be positive, baseline_s and lateness_s >= 0")
         self.baseline_s, self.window_s, self.lateness_s = baseline_s, window_s, lateness_s
         self.max_destinations, self.max_ports = max_destinations, max_ports
+        self.max_unanswered = max_unanswered
         self.unanswered_only = unanswered_only
         self._window = round(window_s * 1e9)
         self.frames_ = {name: pl.DataFrame(schema=s) for name, s in _SCHEMAS.items()}
@@ -132,8 +152,66 @@ class FlowSignals:
         learnt_until = self.origin_ + round(self.baseline_s * 1e9)
         signals = self._new_conversations(rows, learnt_until)
         signals += self._new_server_ports(rows, learnt_until)
+        signals += self._unanswered_storm(rows, closed_before)
         signals += self._fan_out(rows, closed_before)
         return sorted(signals, key=lambda s: (s.time, s.kind))
+
+    def _unanswered_storm(self, rows: pl.DataFrame, closed_before: int | None) -> list[Signal]:
+        window = (pl.col("start") // self._window * self._window).alias("window")
+        attempts = rows.filter(~pl.col("answered")).with_columns(window)
+        if closed_before is not None:  # late flows are counted once, by _fan_out
+            attempts = attempts.filter(pl.col("window") + self._window > closed_before)
+        group = ["window", *_CONV]
+        counts = (
+            pl.concat(
+                [
+                    self.frames_["attempts"],
+                    attempts.group_by(group).agg(
+                        pl.len().cast(pl.Int64).alias("count"), pl.col("start").min().alias("first")
+                    ),
+                ]
+            )
+            .group_by(group)
+            .agg(pl.col("count").sum(), pl.col("first").min())
+        )
+        self.frames_["attempts"] = counts.filter(pl.col("window") + self._window > self._closed())
+        target = pl.concat_str("dst", pl.lit(":"), "dstp").alias("target")
+        hits = (
+            counts.filter(pl.col("count") >= self.max_unanswered)
+            .with_columns(target)
+            .join(
+                self.frames_["fired"].filter(pl.col("kind") == "unanswered_storm"),
+                on=["window", "src", "proto", "target"],
+                how="anti",
+            )
+        )
+        self.frames_["fired"] = pl.concat(
+            [
+                self.frames_["fired"],
+                hits.select(
+                    "window", pl.lit("unanswered_storm").alias("kind"), "src", "proto", "target"
+                ),
+            ]
+        )
+        return [
+            Signal(
+                first,
+                "unanswered_storm",
+                {"src": src, "dst": dst, "dstp": dstp, "proto": proto},
+                {
+                    "rule": "many unanswered flows to one server port",
+                    "unanswered": count,
+                    "threshold": self.max_unanswered,
+                    "window_start": window_start,
+                    "window_s": self.window_s,
+                },
+            )
+            for window_start, src, dst, dstp, proto, count, first in hits.select(
+                *group, "count", "first"
+            )
+            .sort("first")
+            .iter_rows()
+        ]
 
     def _new_conversations(self, rows: pl.DataFrame, learnt_until: int) -> list[Signal]:
         known = self.frames_["conversations"]
@@ -245,9 +323,9 @@ class FlowSignals:
         params = {
             "component": "flow_signals",
             "window_ns": self._window,
-            "thresholds": [self.max_destinations, self.max_ports],
+            "thresholds": [self.max_destinations, self.max_ports, self.max_unanswered],
             "unanswered_only": self.unanswered_only,
-            "version": 1,
+            "version": 2,
         }
         return fingerprint(params)
 
