@@ -7,13 +7,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-TOKEN = "test-token-0123456789abcdef"
 
-import httpx  # noqa: E402
+import httpx
 
-from netsentry.respond.riot import RiotClient  # noqa: E402
-from riot_standin import HA1, USER, StandIn, riot_settings  # noqa: E402
-from servers import free_port  # noqa: E402
+from helpers import TOKEN
+from netsentry.respond.riot import RiotClient
+from riot_standin import HA1, USER, StandIn, riot_settings
+from servers import free_port
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import numpy as np
 from netsentry.model import Batch
 
 HOUR = 3_600_000_000_000
+TOKEN = "test-token-0123456789abcdef"  # the API token of the test settings
 
 
 def batch(

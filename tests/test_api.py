@@ -109,7 +109,7 @@ def test_write_body_limit_also_after_decompression(tmp_path, auth):
     from fastapi.testclient import TestClient
     from pydantic import SecretStr
 
-    from conftest import TOKEN
+    from helpers import TOKEN
     from netsentry.api.app import create_app
     from netsentry.config import Settings
 
@@ -129,7 +129,7 @@ def test_write_body_limit_also_after_decompression(tmp_path, auth):
 def test_influx_style_credentials(client):
     import base64
 
-    from conftest import TOKEN
+    from helpers import TOKEN
 
     basic = base64.b64encode(f"telegraf:{TOKEN}".encode()).decode()
     assert write(client, LINES, {"Authorization": f"Basic {basic}"}).status_code == 204
@@ -271,7 +271,7 @@ def test_official_influxdb_client_writes_through_a_real_server(live_server, sett
     from influxdb_client import InfluxDBClient, Point, WritePrecision
     from influxdb_client.client.write_api import SYNCHRONOUS
 
-    from conftest import TOKEN
+    from helpers import TOKEN
 
     points = [
         Point("tdmp_bytes_total")
@@ -314,7 +314,7 @@ def test_point_api_lines_posted_to_v1_write_on_a_real_server(live_server, settin
     import httpx
     from influxdb_client import Point, WritePrecision
 
-    from conftest import TOKEN
+    from helpers import TOKEN
 
     lines = "\n".join(
         Point("tdmp_packets_total")

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import polars as pl
 
-from conftest import TOKEN
+from helpers import TOKEN
 from netsentry.config import DetectionSettings
 from netsentry.model import KEY_TAGS
 from netsentry.service.check import run_check
