@@ -109,9 +109,10 @@ def _keep(store: Store, result: ParseResult, name: str) -> int:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["auto", "lp", "csv", "zeek", "eve"]),
+    type=click.Choice(["auto", "lp", "csv", "zeek", "eve", "pcap"]),
     default="auto",
-    help="Line protocol, InfluxDB CSV, Zeek conn.log or Suricata EVE (auto: by file name).",
+    help="Line protocol, InfluxDB CSV, Zeek conn.log, Suricata EVE or a packet capture "
+    "(auto: by file name).",
 )
 @click.option("--measurement", default=None, help="Measurement of a CSV without one.")
 @click.option(
@@ -140,7 +141,7 @@ def ingest(
     accepted = rejected = 0
     for path in paths:
         kind = _flow_kind(path) if fmt == "auto" else fmt
-        if kind in ("zeek", "eve"):
+        if kind in ("zeek", "eve", "pcap"):
             if not os.path.exists(path):
                 raise click.FileError(path, "no such file")
             accepted += _ingest_flow_file(store, settings, path, kind)
@@ -182,7 +183,9 @@ def ingest(
 
 
 def _flow_kind(path: str) -> str | None:
-    name = Path(path).name.removesuffix(".gz")
+    name = Path(path).name.removesuffix(".gz").removesuffix(".xz")
+    if name.endswith((".pcap", ".pcapng", ".cap")):
+        return "pcap"
     if "conn" in name and name.endswith((".log", ".labeled")):
         return "zeek"
     if name.endswith((".json", ".jsonl")) and "eve" in name:
@@ -190,39 +193,101 @@ def _flow_kind(path: str) -> str | None:
     return None
 
 
+def _flow_pipeline(settings: Settings) -> dict[str, Any]:
+    """Pseudonymizer and sinks for flows, as the settings ask."""
+    from netsentry.privacy.epochs import Pseudonymizer, parse_master_secret
+
+    options: dict[str, Any] = {"interval_s": settings.flow_interval_s, "sinks": []}
+    if settings.pseudonym_key is not None:
+        master = parse_master_secret(settings.pseudonym_key.get_secret_value())
+        options["pseudonymizer"] = Pseudonymizer(master, settings.pseudonym_period)
+    if settings.redis_url:
+        import redis
+
+        from netsentry.store.redis_streams import FlowStreams
+
+        options["sinks"].append(FlowStreams(redis.Redis.from_url(settings.redis_url)).add)
+    if settings.parquet_dir is not None:
+        from netsentry.store.parquet import ParquetStore
+
+        options["sinks"].append(ParquetStore(settings.parquet_dir).write_flows)
+    return options
+
+
 def _ingest_flow_file(store: Store, settings: Settings, path: str, kind: str) -> int:
     """Flows → (pseudonyms) → signals and conversation series; returns the records."""
     from netsentry.flows import FlowReport, read_eve, read_zeek
-    from netsentry.privacy.epochs import Pseudonymizer, parse_master_secret
+    from netsentry.flows.pcap import PcapReport, read_pcap
     from netsentry.service.flow_ingest import ingest_flows
 
-    pseudonymizer = None
-    if settings.pseudonym_key is not None:
-        master = parse_master_secret(settings.pseudonym_key.get_secret_value())
-        pseudonymizer = Pseudonymizer(master, settings.pseudonym_period)
-    report = FlowReport(source=path)
-    reader = read_zeek if kind == "zeek" else read_eve
+    options = _flow_pipeline(settings)
+    report: FlowReport | PcapReport
+    if kind == "pcap":
+        report = PcapReport(source=path)
+        flows = read_pcap(path, report=report)
+    else:
+        report = FlowReport(source=path)
+        flows = (read_zeek if kind == "zeek" else read_eve)(path, report=report)
     with tqdm(desc=Path(path).name, unit=" flows", disable=None) as bar:
 
         def chunks() -> Any:
-            for chunk in reader(path, report=report):
+            for chunk in flows:
                 bar.update(len(chunk.frame))
                 yield chunk
 
-        result = ingest_flows(
-            store, chunks(), pseudonymizer=pseudonymizer, interval_s=settings.flow_interval_s
-        )
+        result = ingest_flows(store, chunks(), **options)
     errors = [str(e) for e in report.errors]
     for error in errors[:20]:
         click.echo(f"error: {error}", err=True)
     store.record_errors("ingest", path, errors)
     click.echo(
-        f"{path}: {result.flows} flows ({report.error_count} malformed lines, "
+        f"{path}: {result.flows} flows ({report.error_count} malformed records, "
         f"{sum(report.skipped.values())} other records skipped) -> {result.records} "
         f"conversation records, {result.signals} signals"
-        + (", addresses pseudonymized" if pseudonymizer else "")
+        + (", addresses pseudonymized" if "pseudonymizer" in options else "")
     )
     return result.records
+
+
+@main.command()
+@click.option(
+    "--listen",
+    default="127.0.0.1:2055",
+    show_default=True,
+    help="host:port of the UDP socket NetFlow v5/v9 and IPFIX exporters send to.",
+)
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=None,
+    help="Stop after this many seconds without a datagram (default: run until ^C).",
+)
+@click.option(
+    "--every",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds between hand-overs of the collected flows to the store.",
+)
+@db_option
+def collect(listen: str, idle_timeout: float | None, every: float, db: str | None) -> None:
+    """Collect NetFlow/IPFIX on UDP and ingest the flows like a flow file."""
+    from netsentry.flows.netflow import NetFlowCollector
+    from netsentry.service.flow_ingest import ingest_flows
+
+    settings = _settings(db)
+    store = Store(settings.db)
+    host, _, port = listen.rpartition(":")
+    options = _flow_pipeline(settings)
+    with NetFlowCollector(host or "127.0.0.1", int(port)) as collector:
+        click.echo(f"collecting NetFlow/IPFIX on {collector.address[0]}:{collector.address[1]}")
+        for chunk in collector.stream(idle_timeout_s=idle_timeout, flush_s=every):
+            result = ingest_flows(store, [chunk], flush=False, **options)
+            click.echo(
+                f"{result.flows} flows, {result.records} conversation records, "
+                f"{result.signals} signals ({collector.report.dropped} datagrams dropped)"
+            )
+    click.echo("collector stopped")
 
 
 def _open(path: str, mode: str) -> Any:

@@ -61,6 +61,8 @@ class Settings(DetectionSettings):
     pseudonym_key: SecretStr | None = None
     pseudonym_period: Literal["hour", "day"] = "day"
     flow_interval_s: float = Field(3600.0, gt=0)
+    redis_url: str | None = None  # recent flows per conversation in Redis Streams
+    parquet_dir: Path | None = None  # all flows as Parquet, partitioned by day
 
     @field_validator("influx_measurements", "prometheus_selectors", mode="before")
     @classmethod

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -96,6 +96,9 @@ def _load(component: ConversationSeries | FlowSignals, store: Store, name: str) 
         component.load_state(state)
 
 
+FlowSink = Callable[[Flows], object]
+
+
 def ingest_flows(
     store: Store,
     chunks: Iterable[Flows],
@@ -103,8 +106,13 @@ def ingest_flows(
     pseudonymizer: Pseudonymizer | None = None,
     flush: bool = True,
     interval_s: float = 3600.0,
+    sinks: Sequence[FlowSink] = (),
 ) -> FlowIngestReport:
-    """Run flow chunks through pseudonymization, signals and conversation series."""
+    """Run flow chunks through pseudonymization, signals and conversation series.
+
+    ``sinks`` also receive every (pseudonymized) chunk: the Redis near-time store and
+    the Parquet long-term store, when configured.
+    """
     series, signals = ConversationSeries(interval_s=interval_s), FlowSignals()
     _load(series, store, "conversations")
     _load(signals, store, "signals")
@@ -121,6 +129,8 @@ def ingest_flows(
         if pseudonymizer is not None:
             chunk, passed = pseudonymize(chunk, pseudonymizer)
             report.passed_through += passed
+        for sink in sinks:
+            sink(chunk)
         anomalies += [signal_anomaly(s) for s in signals.update(chunk)]
         land(series.update(chunk))
     if flush:
