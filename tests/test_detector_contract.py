@@ -5,17 +5,31 @@ A new detector joins by adding a factory to DETECTORS and a data maker if it nee
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
 from helpers import HOUR
-from netsentry.detect.base import Detector, StateMismatchError
+from netsentry.detect.base import Detector, NotMergeableError, StateMismatchError
+from netsentry.detect.batch import (
+    IsolationForestDetector,
+    LocalOutlierFactorDetector,
+    OneClassSVMDetector,
+)
+from netsentry.detect.hst import HalfSpaceTrees
+from netsentry.detect.ocsvm_online import OnlineOneClassSVM
 from netsentry.detect.zscore import ZScore
 from netsentry.model import Batch
 
 DETECTORS = {
     "zscore": lambda: ZScore(min_count=3),
     "zscore-greater": lambda: ZScore(min_count=3, alternative="greater", adapt_after=1),
+    "iforest": lambda: IsolationForestDetector(min_count=16, seed=1),
+    "lof": lambda: LocalOutlierFactorDetector(min_count=16, seed=1),
+    "ocsvm": lambda: OneClassSVMDetector(min_count=16, seed=1),
+    "ocsvm_online": lambda: OnlineOneClassSVM(warm_up=64, batch_size=32, seed=1),
+    "hst": lambda: HalfSpaceTrees(n_trees=5, height=6, window_size=50, seed=1),
 }
 
 
@@ -64,8 +78,8 @@ def test_scores_are_finite_or_inf_never_nan(detector):
 
 
 def test_state_round_trip(detector):
+    clone = copy.deepcopy(detector)  # the same configuration, nothing learned
     det = trained(detector)
-    clone = type(det)(**{k: getattr(det, k) for k in ("min_count", "alternative", "adapt_after")})
     clone.load_state(det.state_dict())
     b = make_batch(4, t0=10_000 * HOUR)
     np.testing.assert_array_equal(det.score(b), clone.score(b))
@@ -95,6 +109,13 @@ def test_mask_must_match_batch(detector):
 
 def test_merge_equals_one_pass_over_the_union(detector):
     a, b = make_batch(7), make_batch(8, t0=5_000 * HOUR)
+    if not getattr(detector, "mergeable", True):  # it must say so, not merge wrongly
+        left, right = detector, copy.deepcopy(detector)
+        left.learn(a, np.ones(len(a), dtype=bool))
+        right.learn(b, np.ones(len(b), dtype=bool))
+        with pytest.raises(NotMergeableError):
+            left.merge(right)
+        return
     whole = DETECTORS["zscore"]()
     union = Batch.concat([a, b])
     whole.learn(union, np.ones(len(union), dtype=bool))
