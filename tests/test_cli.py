@@ -101,3 +101,17 @@ def test_bad_environment_configuration_is_a_clear_error(tmp_path, bad):
     )
     assert result.returncode == 2 and "invalid configuration" in result.stderr.decode()
     assert "tolerance" in result.stderr.decode()
+
+
+def test_evaluate_ranks_detectors_and_writes_the_report(tmp_path):
+    out = tmp_path / "evaluation"
+    result = netsentry("evaluate", "--out", str(out), db=tmp_path / "e.sqlite")
+    assert result.returncode == 0, result.stderr.decode()
+    report = (out / "report.md").read_text()
+    assert "| segment | detector | em | mv |" in report
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "tdmp_bytes_total/" in result.stdout.decode()
+    stream = netsentry("evaluate", "--stream", "--out", str(out), db=tmp_path / "e.sqlite")
+    assert stream.returncode == 0, stream.stderr.decode()
+    text = (out / "stream.md").read_text()
+    assert "circular" in text  # no labels: judged against the z-score's verdicts

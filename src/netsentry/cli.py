@@ -355,6 +355,49 @@ def depseudonymize(
 
 
 @main.command()
+@click.option(
+    "--data",
+    "source",
+    default="riot",
+    show_default=True,
+    help="'riot' (the bundled export), 'store' (the inbox's recent window), or a path to "
+    "ODDS http.csv[.gz] or an NSL-KDD directory (KDDTrain+_20Percent.txt, KDDTest+.txt).",
+)
+@click.option("--stream", is_flag=True, help="Prequential ROC-AUC over time instead.")
+@click.option("--out", "out_dir", default="var/evaluation", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@db_option
+def evaluate(source: str, stream: bool, out_dir: str, seed: int, db: str | None) -> None:
+    """Rank the detectors per segment (EM/MV), or run them prequentially (--stream)."""
+    from netsentry import evaluate as ev
+
+    data: Any
+    if source == "riot":
+        from netsentry.service.replay import riot_export
+
+        data = riot_export()
+    elif source == "store":
+        store = Store(_settings(db).db)
+        data = store.read_inbox(0, store.inbox_head())
+        if len(data) == 0:
+            raise click.UsageError("the store's inbox is empty: ingest data first")
+    elif Path(source).is_dir():
+        folder = Path(source)
+        names = ev.nsl_kdd_field_names(folder / "Field Names.csv")
+        data = ev.load_nsl_kdd(folder / "KDDTrain+_20Percent.txt", folder / "KDDTest+.txt", names)
+    elif Path(source).exists():
+        data = ev.load_odds_http(Path(source))
+    else:
+        raise click.BadParameter(f"no such data set: {source}", param_hint="--data")
+    run = ev.evaluate_stream if stream else ev.evaluate
+    report = run(data, Path(out_dir), seed=seed)
+    for what, path in report.files.items():
+        click.echo(f"wrote {path} ({what})")
+    for segment, best in sorted(getattr(report, "best", {}).items()):
+        click.echo(f"  {segment}: {best}")
+
+
+@main.command()
 @click.option("--tolerance", type=float, default=None, help="z threshold, 2..6.")
 @click.option("--frequency", type=int, default=None, help="hours between checks, 1..168.")
 @db_option
