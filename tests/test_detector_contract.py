@@ -17,6 +17,7 @@ from netsentry.detect.batch import (
     LocalOutlierFactorDetector,
     OneClassSVMDetector,
 )
+from netsentry.detect.changepoint import ChangePoint
 from netsentry.detect.hst import HalfSpaceTrees
 from netsentry.detect.ocsvm_online import OnlineOneClassSVM
 from netsentry.detect.zscore import ZScore
@@ -25,6 +26,7 @@ from netsentry.model import Batch
 DETECTORS = {
     "zscore": lambda: ZScore(min_count=3),
     "zscore-greater": lambda: ZScore(min_count=3, alternative="greater", adapt_after=1),
+    "changepoint": lambda: ChangePoint(min_count=4),
     "iforest": lambda: IsolationForestDetector(min_count=16, seed=1),
     "lof": lambda: LocalOutlierFactorDetector(min_count=16, seed=1),
     "ocsvm": lambda: OneClassSVMDetector(min_count=16, seed=1),
