@@ -40,7 +40,7 @@ SPACING = 2_000
 def make_series(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     levels = np.cumsum(rng.choice([-2.0, 2.0], size=n // SPACING + 1))
-    return rng.normal(size=n) + np.repeat(levels, SPACING)[:n]
+    return np.asarray(rng.normal(size=n) + np.repeat(levels, SPACING)[:n], dtype=np.float64)
 
 
 def as_batch(x: np.ndarray) -> Batch:

@@ -43,6 +43,8 @@ MARGIN = 10
 MIN_SIZE = 8
 HOUR = 3_600_000_000_000
 Detect = Callable[[np.ndarray, float], list[int]]
+#: (file name, timestamps, values, labelled windows as row ranges)
+Corpus = list[tuple[str, np.ndarray, np.ndarray, list[tuple[int, int]]]]
 
 
 # -- simulated series ---------------------------------------------------------------------
@@ -240,9 +242,9 @@ def calibration(runs: int) -> None:
             r = np.random.default_rng(seed)
             x = np.r_[r.normal(0, 1, 200), r.normal(2, 1, 200), r.normal(0, 1, 200)]
             b = Batch.from_columns(np.arange(600) * HOUR, ["m"] * 600, x, {})
-            alarms = ChangePoint(alpha=0.01, cells=0, delta=delta).alarms(b)
-            at = (alarms["time"] // HOUR).to_numpy()
-            seen = (alarms["detected_at"] // HOUR).to_numpy()
+            confirmed = ChangePoint(alpha=0.01, cells=0, delta=delta).alarms(b)
+            at = (confirmed["time"] // HOUR).to_numpy()
+            seen = (confirmed["detected_at"] // HOUR).to_numpy()
             for truth in (200, 400):
                 near = np.abs(at - truth) <= 30
                 if near.any():
@@ -281,7 +283,7 @@ def simulated(train_n: int, test_n: int) -> None:
 # -- NAB ----------------------------------------------------------------------------------
 
 
-def nab_corpus() -> list[tuple[str, np.ndarray, np.ndarray, list[tuple[int, int]]]]:
+def nab_corpus() -> Corpus:
     windows = json.loads((NAB_DIR / "labels" / "combined_windows.json").read_text())
     corpus = []
     for name in sorted(windows):
@@ -293,7 +295,7 @@ def nab_corpus() -> list[tuple[str, np.ndarray, np.ndarray, list[tuple[int, int]
 
 
 def quiet_score(
-    scores: list[np.ndarray], corpus: list, profile: nab_score.Profile, n_windows: int
+    scores: list[np.ndarray], corpus: Corpus, profile: nab_score.Profile, n_windows: int
 ) -> float:
     files = [
         nab_score.ScoredFile.build(s, w, profile) for s, (*_, w) in zip(scores, corpus, strict=True)
@@ -326,8 +328,8 @@ def nab(profile: nab_score.Profile) -> None:
         for _, ts, x, _ in corpus:
             det = ChangePoint(alpha=alpha, window=window)
             scores.append(det.score(Batch.from_columns(ts.astype(np.int64), ["m"] * len(x), x, {})))
-        knob = f"alpha {alpha}, window {window}"
-        report("ours, streaming: score", knob, scores, time.perf_counter() - start)
+        setting = f"alpha {alpha}, window {window}"
+        report("ours, streaming: score", setting, scores, time.perf_counter() - start)
 
     def binary(detect: Detect, knob: float) -> list[np.ndarray]:
         out = []
@@ -358,14 +360,16 @@ def nab(profile: nab_score.Profile) -> None:
         ),
     ]
     for name, detect, knobs in grid:
-        runs = []
+        runs: list[tuple[float, list[np.ndarray], float]] = []
         for knob in knobs:
             start = time.perf_counter()
             scores = binary(detect, knob)
             runs.append((knob, scores, time.perf_counter() - start))
-        best = max(runs, key=lambda run: quiet_score(run[1], corpus, profile, n_windows))
-        label = f"alpha = {best[0]:g}" if name.startswith("ours") else f"pen = {best[0]:g}·var·ln N"
-        report(name, label, best[1], best[2])
+        knob, scores, seconds = max(
+            runs, key=lambda run: quiet_score(run[1], corpus, profile, n_windows)
+        )
+        label = f"alpha = {knob:g}" if name.startswith("ours") else f"pen = {knob:g}·var·ln N"
+        report(name, label, scores, seconds)
 
 
 def main() -> int:

@@ -10,7 +10,8 @@
   and its alarm records (:mod:`.alarms`).
 """
 
-from netsentry.detect.changepoint.alarms import ALARM_SCHEMA, NotMergeableError
+from netsentry.detect.base import NotMergeableError
+from netsentry.detect.changepoint.alarms import ALARM_SCHEMA
 from netsentry.detect.changepoint.detector import ChangePoint
 from netsentry.detect.changepoint.distribution import distribution_test, indicator_sequences
 from netsentry.detect.changepoint.kolmogorov import (

@@ -29,10 +29,6 @@ ALARM_SCHEMA: dict[str, Any] = {
 TESTS = ("mean", "distribution")
 
 
-class NotMergeableError(ValueError):
-    """Two change-point states watch the same entity: their windows cannot be merged."""
-
-
 def alarm_frame(
     keys: npt.NDArray[np.uint64],
     a_int: npt.NDArray[np.int64],

@@ -57,9 +57,9 @@ import numpy.typing as npt
 import polars as pl
 
 from netsentry.config import Alternative
-from netsentry.detect.base import State, StateMismatchError, fingerprint
+from netsentry.detect.base import NotMergeableError, State, StateMismatchError, fingerprint
 from netsentry.detect.changepoint import _stream as kern
-from netsentry.detect.changepoint.alarms import ALARM_SCHEMA, NotMergeableError, alarm_frame
+from netsentry.detect.changepoint.alarms import ALARM_SCHEMA, alarm_frame
 from netsentry.detect.changepoint.kolmogorov import critical_value, critical_value_table
 from netsentry.detect.changepoint.segment import SIDES, stage1_levels, validate
 from netsentry.detect.changepoint.stage2 import Bound, TriggerBaseline, validate_bound
