@@ -35,7 +35,6 @@ from netsentry.detect.changepoint.distribution import distribution_split_test
 from netsentry.detect.changepoint.kolmogorov import window_critical_value
 from netsentry.detect.changepoint.segment import stage1_levels
 from netsentry.detect.changepoint.statistic import exceedance, split_test
-from netsentry.detect.keyindex import KeyIndex
 from netsentry.detect.zscore import ZScore
 from netsentry.model import Batch
 
@@ -368,14 +367,19 @@ def test_zscore_restarts_its_baseline_from_the_new_regime():
     z.learn(calm, all_rows(calm))
     cp.learn(shifted, all_rows(shifted))
     regime = cp.regime(cp.changes_["key"].unique().to_numpy())
-    state = z.state_dict()
-    rows = KeyIndex(state["key"]).rows(regime["key"].to_numpy())
-    known = rows >= 0
-    for name in ("n", "mean", "m2"):
-        state[name][rows[known]] = regime[name].to_numpy()[known]
-    for name in ("pending_n", "pending_mean", "pending_m2", "streak"):
-        state[name][rows[known]] = 0
-    z.load_state(state)
+    replaced = z.rebaseline(
+        regime["key"].to_numpy(),
+        regime["n"].to_numpy(),
+        regime["mean"].to_numpy(),
+        regime["m2"].to_numpy(),
+    )
+    assert replaced == regime.height == 1
+    assert (
+        z.rebaseline(
+            np.array([12345], dtype=np.uint64), np.array([9]), np.array([0.0]), np.array([1.0])
+        )
+        == 0
+    )  # an entity the z-score never saw
     probe = Batch.concat([stream([6.0], "b", 300 * HOUR), stream([6.0], "a", 300 * HOUR)])
     z_b, z_a = z.score(probe)
     assert z_b < 3 < z_a  # b's new level is its normal now; a is untouched

@@ -206,6 +206,31 @@ class ZScore:
         )
         self.rebaselined_ = self._index.keys[adopted]
 
+    def rebaseline(
+        self,
+        keys: npt.NDArray[np.uint64],
+        n: npt.NDArray[np.int64],
+        mean: npt.NDArray[np.float64],
+        m2: npt.NDArray[np.float64],
+    ) -> int:
+        """Restart known entities' baselines from given moments (a new regime).
+
+        This is how a confirmed change point teaches the z-score a new normal at once
+        (``ChangePoint.regime`` gives the moments). The candidate regime is dropped.
+        Unknown keys are ignored; returns how many baselines were replaced.
+        """
+        rows = self._index.rows(np.asarray(keys, dtype=np.uint64))
+        known = rows >= 0
+        rows = rows[known]
+        floats = self._ints.view(np.float64)
+        self._ints[rows, kern.N] = np.asarray(n)[known]
+        floats[rows, kern.MEAN] = np.asarray(mean)[known]
+        floats[rows, kern.M2] = np.asarray(m2)[known]
+        self._ints[rows, kern.PN] = 0
+        self._ints[rows, kern.STREAK] = 0
+        self._cand[rows] = 0.0
+        return int(known.sum())
+
     # -- persistence and merging ----------------------------------------------------
 
     def fingerprint(self) -> str:
