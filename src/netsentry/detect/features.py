@@ -25,3 +25,30 @@ def value_hour(batch: Batch) -> npt.NDArray[np.float64]:
     hour = (batch.frame["time"].to_numpy() // HOUR_NS) % 24
     log_value = np.clip(np.log1p(np.abs(value)) / LOG_SPAN, 0.0, 1.0)
     return np.column_stack([log_value, hour / 24.0])
+
+
+class OnBatches:
+    """The detector contract for streaming detectors that work on feature matrices.
+
+    A subclass provides ``score_many(x)`` (pure) and ``learn_many(x)``; this adds
+    ``score(batch)`` and ``learn(batch, mask)`` on :func:`value_hour` features, learning
+    the masked rows in time order (a stream must see its points in order).
+    """
+
+    def score_many(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        raise TypeError(f"{type(self).__name__} must define score_many")
+
+    def learn_many(self, x: npt.NDArray[np.float64]) -> None:
+        raise TypeError(f"{type(self).__name__} must define learn_many")
+
+    def score(self, batch: Batch) -> npt.NDArray[np.float64]:
+        """Anomaly scores of the rows of ``batch`` (0 during warm-up; pure)."""
+        return self.score_many(value_hour(batch))
+
+    def learn(self, batch: Batch, mask: npt.NDArray[np.bool_]) -> None:
+        """Learn the rows where ``mask`` is True, in time order."""
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (len(batch),):
+            raise ValueError(f"mask has shape {mask.shape}, batch has {len(batch)} rows")
+        order = np.argsort(batch.frame["time"].to_numpy(), kind="stable")
+        self.learn_many(value_hour(batch)[order][mask[order]])

@@ -33,8 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from netsentry.detect.base import NotMergeableError, State, StateMismatchError, fingerprint
-from netsentry.detect.features import value_hour
-from netsentry.model import Batch
+from netsentry.detect.features import OnBatches
 
 Matrix = npt.NDArray[np.float64]
 
@@ -197,7 +196,7 @@ PARALLEL_FROM = 4096  # points; below, starting threads costs more than it saves
 NEVER = -2  # a window stamp no window has (ids start at 0, references at -1)
 
 
-class HalfSpaceTrees:
+class HalfSpaceTrees(OnBatches):
     """Streaming Half-Space Trees over feature matrices (rows = points).
 
     Parameters
@@ -326,18 +325,6 @@ class HalfSpaceTrees:
         return self._profile(self.window_id_)
 
     # -- the detector contract, on Batches (features: detect/features.py) -----------
-
-    def score(self, batch: Batch) -> Matrix:
-        """Anomaly scores of the rows of ``batch`` (0 during warm-up; pure)."""
-        return self.score_many(value_hour(batch))
-
-    def learn(self, batch: Batch, mask: npt.NDArray[np.bool_]) -> None:
-        """Learn the rows where ``mask`` is True, in time order."""
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != (len(batch),):
-            raise ValueError(f"mask has shape {mask.shape}, batch has {len(batch)} rows")
-        order = np.argsort(batch.frame["time"].to_numpy(), kind="stable")
-        self.learn_many(value_hour(batch)[order][mask[order]])
 
     def merge(self, other: HalfSpaceTrees) -> HalfSpaceTrees:
         """Refused: the window pivots make the masses depend on the order of the stream.

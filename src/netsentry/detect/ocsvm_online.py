@@ -47,14 +47,13 @@ import numpy as np
 import numpy.typing as npt
 
 from netsentry.detect.base import NotMergeableError, State, StateMismatchError, fingerprint
-from netsentry.detect.features import value_hour
-from netsentry.model import Batch
+from netsentry.detect.features import OnBatches
 
 Matrix = npt.NDArray[np.float64]
 BLOCK_ROWS = 4096  # rows whose random features are computed in one go
 
 
-class OnlineOneClassSVM:
+class OnlineOneClassSVM(OnBatches):
     """Streaming nu-One-Class SVM over feature matrices (rows = points).
 
     Parameters
@@ -204,18 +203,6 @@ class OnlineOneClassSVM:
         return self._run(x, score=True, learn=True)
 
     # -- the detector contract, on Batches (features: detect/features.py) -----------
-
-    def score(self, batch: Batch) -> Matrix:
-        """Anomaly scores of the rows of ``batch`` (0 during warm-up; pure)."""
-        return self.score_many(value_hour(batch))
-
-    def learn(self, batch: Batch, mask: npt.NDArray[np.bool_]) -> None:
-        """Learn the rows where ``mask`` is True, in time order."""
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != (len(batch),):
-            raise ValueError(f"mask has shape {mask.shape}, batch has {len(batch)} rows")
-        order = np.argsort(batch.frame["time"].to_numpy(), kind="stable")
-        self.learn_many(value_hour(batch)[order][mask[order]])
 
     def merge(self, other: OnlineOneClassSVM) -> OnlineOneClassSVM:
         """Refused: SGD iterates depend on the order of their streams.
