@@ -115,7 +115,7 @@ class SegmentDetector:
         return None
 
     def _score(self, model: Arrays, cache: Any, x: Matrix) -> Matrix:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define _score (each algorithm does)")
 
     def fit_scorer(self, x: Matrix, random_state: int = 0) -> Callable[[Matrix], Matrix]:
         """Fit one model on a plain matrix; returns ``score(matrix) -> scores``."""
