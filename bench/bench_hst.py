@@ -13,15 +13,16 @@ scores equal river's exactly.
 from __future__ import annotations
 
 import argparse
-import gzip
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from river import anomaly
 from sklearn.metrics import roc_auc_score
 
 from netsentry.detect.hst import HalfSpaceTrees
+from netsentry.evaluate import load_odds_http
 
 ROOT = Path(__file__).parent.parent
 FULL = ROOT.parent / "shared" / "data" / "odds" / "http.csv.gz"
@@ -29,11 +30,21 @@ CUT = ROOT / "tests" / "data" / "odds_http_460k_520k.csv.gz"
 
 
 def load(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with gzip.open(path, "rt") as text:
-        data = np.loadtxt(text, delimiter=",", skiprows=1)
-    x, labels = data[:, :3], data[:, 3]
-    low, high = x.min(axis=0), x.max(axis=0)
-    return (x - low) / (high - low), labels
+    """ODDS http with each feature scaled to [0, 1], and its labels."""
+    data = load_odds_http(path)
+    low, high = data.x.min(axis=0), data.x.max(axis=0)
+    return (data.x - low) / (high - low), data.labels
+
+
+def river_prequential(model: Any, x: np.ndarray) -> tuple[np.ndarray, float]:
+    """A river detector's scores, point by point (score, then learn), and the seconds."""
+    points = [dict(enumerate(row)) for row in x.tolist()]
+    scores = np.empty(len(points))
+    start = time.perf_counter()
+    for i, point in enumerate(points):
+        scores[i] = model.score_one(point)
+        model.learn_one(point)
+    return scores, time.perf_counter() - start
 
 
 def run(x: np.ndarray, labels: np.ndarray, n_trees: int, height: int, window: int) -> None:
@@ -46,13 +57,7 @@ def run(x: np.ndarray, labels: np.ndarray, n_trees: int, height: int, window: in
     ours_s = time.perf_counter() - start
 
     river = anomaly.HalfSpaceTrees(n_trees=n_trees, height=height, window_size=window, seed=1)
-    points = [dict(enumerate(row)) for row in x.tolist()]
-    river_scores = np.empty(len(points))
-    start = time.perf_counter()
-    for i, point in enumerate(points):
-        river_scores[i] = river.score_one(point)
-        river.learn_one(point)
-    river_s = time.perf_counter() - start
+    river_scores, river_s = river_prequential(river, x)
     print(
         f"trees {n_trees:>2} height {height:>2} window {window}: "
         f"netsentry {len(x) / ours_s:>12,.0f}/s AUC {roc_auc_score(labels, our_scores):.4f} | "

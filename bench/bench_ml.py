@@ -35,6 +35,7 @@ from sklearn.svm import OneClassSVM
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_hst import load as load_scaled
+from bench_hst import river_prequential
 from bench_hst import run as run_hst
 from netsentry.detect.batch import (
     IsolationForestDetector,
@@ -86,14 +87,7 @@ def batch_auc(data: Dataset, capacity: int) -> None:
 
 
 def river_ocsvm(x: np.ndarray, labels: np.ndarray, ours_scores: np.ndarray, ours_s: float) -> None:
-    model = anomaly.OneClassSVM()
-    points = [dict(enumerate(row)) for row in x.tolist()]
-    scores = np.empty(len(points))
-    start = time.perf_counter()
-    for i, point in enumerate(points):
-        scores[i] = model.score_one(point)
-        model.learn_one(point)
-    river_s = time.perf_counter() - start
+    scores, river_s = river_prequential(anomaly.OneClassSVM(), x)
     print(
         f"  online OCSVM: netsentry {len(x) / ours_s:>10,.0f}/s AUC "
         f"{roc_auc_score(labels, ours_scores):.4f} | river OneClassSVM (linear) "
