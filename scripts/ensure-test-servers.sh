@@ -8,6 +8,7 @@ command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v softflowd >/dev/null 2>&1 || need+=(softflowd)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing ${need[*]}: run as root, or: sudo apt-get install ${need[*]}" >&2

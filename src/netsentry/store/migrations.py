@@ -89,6 +89,60 @@ MIGRATIONS: list[str] = [
         fingerprint TEXT NOT NULL         -- of the master secret, never the secret
     );
     """,
+    # 4: devices whose keys netsentry rotates over MQTT (issue 6): their registered public
+    # keys, behaviour profiles (MAC-protected), keys (sealed at rest), every rotation, the
+    # per-device thresholds and the detections analysts label.
+    """
+    CREATE TABLE devices (
+        id TEXT PRIMARY KEY,              -- [A-Za-z0-9_.-]{1,64}
+        role TEXT NOT NULL CHECK (role IN ('device', 'receiver')),
+        public_key BLOB NOT NULL,         -- X25519, 32 bytes, registered out of band
+        registered INTEGER NOT NULL       -- ns
+    );
+    CREATE TABLE device_profiles (
+        device TEXT PRIMARY KEY REFERENCES devices(id),
+        profile TEXT NOT NULL,            -- JSON
+        mac BLOB NOT NULL,                -- HMAC-SHA256 over device and profile
+        learned INTEGER NOT NULL          -- ns
+    );
+    CREATE TABLE device_keys (
+        device TEXT NOT NULL REFERENCES devices(id),
+        key_id INTEGER NOT NULL,          -- only ever increases per device
+        sealed BLOB NOT NULL,             -- AEAD-sealed under the key-encryption key
+        created INTEGER NOT NULL,         -- ns
+        PRIMARY KEY (device, key_id)
+    );
+    CREATE TABLE rotations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        device TEXT NOT NULL REFERENCES devices(id),
+        key_id INTEGER NOT NULL,
+        reason TEXT NOT NULL CHECK (reason IN ('anomaly', 'schedule', 'operator')),
+        detail TEXT NOT NULL,             -- why, e.g. the detection's explanation
+        requested INTEGER NOT NULL,       -- ns
+        completed INTEGER,                -- ns; NULL while pending or failed
+        latency_ms REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL DEFAULT 'pending'
+            CHECK (status IN ('pending', 'completed', 'failed')),
+        error TEXT
+    );
+    CREATE INDEX rotations_device ON rotations(device, requested);
+    CREATE TABLE device_thresholds (
+        device TEXT PRIMARY KEY REFERENCES devices(id),
+        thresholds TEXT NOT NULL,         -- JSON: feature -> threshold
+        updated INTEGER NOT NULL
+    );
+    CREATE TABLE device_detections (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        device TEXT NOT NULL REFERENCES devices(id),
+        time INTEGER NOT NULL,            -- ns, end of the window
+        scores TEXT NOT NULL,             -- JSON: feature or detector -> score
+        flagged INTEGER NOT NULL,         -- 1 if it triggered at the thresholds of the time
+        label TEXT CHECK (label IN ('false_positive', 'confirmed', 'missed')),
+        labelled INTEGER                  -- ns
+    );
+    CREATE INDEX device_detections_device ON device_detections(device, time);
+    """,
 ]
 
 
