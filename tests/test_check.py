@@ -66,7 +66,7 @@ def test_riot_replay_flags_with_explanations(tmp_path, riot):
             "WHERE detector = 'zscore'"
         ).fetchall()
         components = {r[0] for r in db.execute("SELECT component FROM state")}
-    assert components == {"zscore", "counter", "created"}
+    assert components == {"zscore", "changepoint", "counter", "created"}
     assert rows, "the RIoT export has counter bursts that the z-score flags"
     for _, value, score, threshold, explanation in rows:
         e = json.loads(explanation)

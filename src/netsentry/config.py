@@ -11,13 +11,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 TOLERANCE_RANGE: tuple[float, float] = (2.0, 6.0)
 FREQUENCY_RANGE: tuple[int, int] = (1, 168)  # hours
 
 Alternative = Literal["two-sided", "greater", "less"]
+Bound = Literal["vp", "chebyshev", "normal"]
+
+#: What a check can run: the z-score always, the others beside it (``detectors``).
+DETECTORS = ("zscore", "changepoint", "hst", "ocsvm_online", "iforest", "lof", "ocsvm")
+
+
+def _comma_separated(value: Any) -> Any:
+    """``a,b`` in the environment, or a list in code."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 class DetectionSettings(BaseSettings):
@@ -32,6 +43,60 @@ class DetectionSettings(BaseSettings):
     adapt_after: int = Field(3, ge=1, le=10_000)
     counter_interval_s: float = Field(3600.0, gt=0)
     inbox_retention_s: float = Field(7 * 86400.0, gt=0)
+
+    # The detectors a check runs (``zscore`` always): NETSENTRY_DETECTORS=zscore,changepoint
+    detectors: Annotated[list[str], NoDecode] = ["zscore", "changepoint"]
+    # Machine-learned scores are flagged above this quantile of the scores of normal data.
+    ml_quantile: float = Field(0.999, gt=0.5, lt=1.0)
+    # The change-point detector (docs/changepoint.md): stage-1 alpha per window test,
+    # delta placing the change moment, window points, quantile cells of the distribution
+    # test (0 = mean only), the stage-2 bound and its alpha; on a confirmed change the
+    # z-score baseline restarts from the new regime when ``changepoint_rebaseline``.
+    changepoint_alpha: float = Field(0.001, gt=0.0, le=0.2)
+    changepoint_delta: float = Field(0.5, ge=0.0, le=1.0)
+    changepoint_window: int = Field(168, ge=4, le=100_000)
+    changepoint_cells: int = Field(3, ge=0, le=8)
+    changepoint_bound: Bound = "vp"
+    changepoint_stage2_alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    changepoint_rebaseline: bool = True
+
+    @field_validator("detectors", mode="before")
+    @classmethod
+    def _detector_list(cls, value: Any) -> Any:
+        return _comma_separated(value)
+
+    @field_validator("detectors")
+    @classmethod
+    def _known_detectors(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(DETECTORS))
+        if unknown:
+            raise ValueError(f"unknown detectors {unknown}; known: {', '.join(DETECTORS)}")
+        if "zscore" not in value:
+            raise ValueError("detectors must include zscore (the core detector)")
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _changepoint_consistent(self) -> DetectionSettings:
+        """Refuse combinations the change-point detector would refuse, at start-up."""
+        if "changepoint" in self.detectors:
+            # imported here: the detector imports this module (Alternative)
+            from netsentry.detect.changepoint import ChangePoint
+
+            ChangePoint(**self.changepoint_params())
+        return self
+
+    def changepoint_params(self) -> dict[str, Any]:
+        """The change-point detector's parameters from these settings."""
+        return {
+            "alpha": self.changepoint_alpha,
+            "delta": self.changepoint_delta,
+            "window": self.changepoint_window,
+            "min_count": self.min_count,
+            "cells": self.changepoint_cells,
+            "alternative": self.alternative,
+            "bound": self.changepoint_bound,
+            "stage2_alpha": self.changepoint_stage2_alpha,
+        }
 
 
 class Settings(DetectionSettings):
@@ -66,11 +131,8 @@ class Settings(DetectionSettings):
 
     @field_validator("influx_measurements", "prometheus_selectors", mode="before")
     @classmethod
-    def _comma_separated(cls, value: Any) -> Any:
-        """``a,b`` in the environment, or a list in code."""
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    def _lists(cls, value: Any) -> Any:
+        return _comma_separated(value)
 
     @field_validator("api_token")
     @classmethod

@@ -95,6 +95,10 @@ class Batch:
     def only(self, measurement: str) -> Batch:
         return Batch(self.frame.filter(pl.col("measurement") == measurement))
 
+    def where(self, mask: Any) -> Batch:
+        """The rows where the boolean ``mask`` is True."""
+        return Batch(self.frame.filter(pl.Series(mask, dtype=pl.Boolean)))
+
 
 @dataclass
 class Anomaly:

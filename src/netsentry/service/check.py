@@ -11,7 +11,6 @@ the anomaly ids are derived from what they describe, so that rerun is identical.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,14 +24,20 @@ from netsentry.keys import format_key
 from netsentry.model import KEY_TAGS, Anomaly, Batch
 from netsentry.respond.outbox import enqueue
 from netsentry.series import CounterIncrease, CreatedTracker, GaugePassThrough, family, kind_of
+from netsentry.service.ensemble import (
+    SEGMENTED,
+    STREAMING,
+    Series,
+    run_changepoint,
+    run_segmented,
+    run_streaming,
+)
+from netsentry.service.states import Outcome, anomaly_id
 from netsentry.store.sqlite import ConcurrentUpdateError, Store
 
+__all__ = ["INBOX", "CheckReport", "anomaly_id", "describe", "detect", "run_check"]
+
 INBOX = "inbox"
-_IDS = uuid.UUID("6b3f0a52-8c1e-4d7a-9f5e-2a4c1b7d9e30")
-
-
-def anomaly_id(detector: str, measurement: str, key: int, time_ns: int) -> str:
-    return str(uuid.uuid5(_IDS, f"{detector}|{measurement}|{key:016x}|{time_ns}"))
 
 
 @dataclass
@@ -45,6 +50,9 @@ class CheckReport:
     late: int = 0
     resets: int = 0
     rebaselined: int = 0
+    restarted: list[str] = field(default_factory=list)
+    detectors: list[str] = field(default_factory=list)
+    by_detector: dict[str, int] = field(default_factory=dict)
     watermark_from: int = 0
     watermark_to: int = 0
     duration_s: float = 0.0
@@ -53,13 +61,6 @@ class CheckReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class _Outcome:
-    anomalies: list[Anomaly]
-    states: dict[tuple[str, str], dict[str, Any]]
-    versions: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def _new_entity_anomalies(sub: Batch, known: pl.Series) -> list[Anomaly]:
@@ -121,22 +122,17 @@ def _zscore_anomalies(
     return out
 
 
-def _load(component: Any, store: Store, name: str, measurement: str, outcome: _Outcome) -> Any:
-    state, version = store.load_state(name, measurement)
-    outcome.versions[(name, measurement)] = version
-    if state is not None:
-        component.load_state(state)
-    return component
-
-
-def detect(
-    batch: Batch, store: Store, settings: DetectionSettings, report: CheckReport
-) -> _Outcome:
+def detect(batch: Batch, store: Store, settings: DetectionSettings, report: CheckReport) -> Outcome:
     """Score and learn every measurement of ``batch`` (no writes: see :func:`run_check`)."""
     threshold = Tolerance(settings.tolerance)
     interval_ns = int(settings.counter_interval_s * 1e9)
-    outcome = _Outcome([], {})
+    outcome = Outcome([], {})
     resets: dict[str, pl.DataFrame] = {}
+    report.detectors = list(settings.detectors)
+
+    def load(component: Any, name: str, measurement: str) -> Any:
+        return outcome.load(component, store, name, measurement, fresh_on_mismatch=False)
+
     # *_created first: its resets feed the matching *_total counter.
     order = sorted(batch.measurements(), key=lambda m: (kind_of(m) != "created", m))
     for measurement in order:
@@ -144,7 +140,7 @@ def detect(
         stats = report.per_measurement.setdefault(measurement, {"records": len(sub)})
         if kind == "created":
             # (no new-entity report here: the family's *_total makes it)
-            tracker = _load(CreatedTracker(), store, "created", measurement, outcome)
+            tracker = load(CreatedTracker(), "created", measurement)
             resets[family(measurement)], progress = tracker.resets(sub)
             outcome.states[("created", measurement)] = tracker.state_dict()
             report.late += progress.late
@@ -152,9 +148,9 @@ def detect(
             continue
         transform: CounterIncrease | GaugePassThrough
         if kind == "counter":
-            transform = _load(CounterIncrease(interval_ns), store, "counter", measurement, outcome)
+            transform = load(CounterIncrease(interval_ns), "counter", measurement)
         else:
-            transform = _load(GaugePassThrough(), store, "gauge", measurement, outcome)
+            transform = load(GaugePassThrough(), "gauge", measurement)
         had_population = transform.state_.height > 0
         known = transform.state_["key"]
         if isinstance(transform, CounterIncrease):
@@ -168,35 +164,48 @@ def detect(
         report.resets += progress.resets
         new = _new_entity_anomalies(sub, known) if had_population else []
 
-        detector = _load(
+        detector = load(
             ZScore(
                 min_count=settings.min_count,
                 alternative=settings.alternative,
                 adapt_after=settings.adapt_after,
             ),
-            store,
             "zscore",
             measurement,
-            outcome,
         )
         scores = detector.score(values)
         flags = threshold.flags(scores)
-        flagged = Batch(values.frame.filter(pl.Series(flags)))
+        flagged = values.where(flags)
         found = _zscore_anomalies(flagged, detector.baseline(flagged), settings.tolerance, what)
         judged = int((~detector.learning(values)).sum())
+        series = Series(measurement, values, what, store, settings, outcome)
+        # the segment models read the z-score's baseline from before the check
+        for name in settings.detectors:
+            if name in SEGMENTED:
+                found += run_segmented(series, name, detector)
+            elif name in STREAMING:
+                found += run_streaming(series, name)
         detector.learn(values, ~flags)
+        restarted = 0
+        if "changepoint" in settings.detectors:
+            changes, restarted = run_changepoint(series, detector)
+            found += changes
         outcome.states[("zscore", measurement)] = detector.state_dict()
         outcome.anomalies += new + found
         report.judged += judged
-        report.rebaselined += len(detector.rebaselined_)
+        rebaselined = len(detector.rebaselined_) + restarted
+        report.rebaselined += rebaselined
         stats.update(
             judged=judged,
             anomalies=len(found),
             new_entities=len(new),
-            rebaselined=len(detector.rebaselined_),
+            rebaselined=rebaselined,
         )
     report.new_entities = sum(a.detector == "new_entity" for a in outcome.anomalies)
     report.anomalies = len(outcome.anomalies)
+    for anomaly in outcome.anomalies:
+        report.by_detector[anomaly.detector] = report.by_detector.get(anomaly.detector, 0) + 1
+    report.restarted = [f"{name}/{measurement}" for name, measurement in outcome.restarted]
     return outcome
 
 
@@ -277,12 +286,20 @@ def describe(anomaly: Anomaly) -> str:
         f"{anomaly.tags.get('src', '')}:{anomaly.tags.get('srcp', '')} -> "
         f"{anomaly.tags.get('dst', '')}:{anomaly.tags.get('dstp', '')}"
     )
+    e = anomaly.explanation
     if anomaly.detector == "new_entity":
         why = "new entity"
-    else:
-        e = anomaly.explanation
+    elif anomaly.detector == "zscore":
         why = (
             f"value {e['value']:.6g} vs mean {e['mean']:.6g} ± {e['std']:.3g}"
             f" (z={'inf' if e['z'] is None else format(e['z'], '.2f')})"
         )
+    elif anomaly.detector == "changepoint":
+        why = (
+            f"change of mean {e['size']:+.6g} ({e['test']} test, stage {e['stage']},"
+            f" alpha {e['alpha']:g})"
+        )
+    else:
+        feature = f", {e['feature']} stood out" if "feature" in e else ""
+        why = f"{anomaly.detector} score {anomaly.score:.3g} > {anomaly.threshold:.3g}{feature}"
     return f"{anomaly.measurement} {format_key(anomaly.key)} {who}: {why}"

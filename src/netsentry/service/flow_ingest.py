@@ -27,7 +27,7 @@ from netsentry.flows import ConversationSeries, Flows, FlowSignals, Signal
 from netsentry.keys import entity_key
 from netsentry.model import Anomaly, Batch
 from netsentry.privacy.epochs import Pseudonymizer, epoch_ids
-from netsentry.service.check import anomaly_id
+from netsentry.service.states import anomaly_id
 from netsentry.store.sqlite import Store, to_signed
 
 SIGNAL_MEASUREMENT = "conn_flows"
