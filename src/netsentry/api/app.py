@@ -10,7 +10,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from netsentry.api.routes import anomalies, config, stats, status, write
+from netsentry.api.routes import anomalies, config, devices, stats, status, write
 from netsentry.config import Settings
 from netsentry.service.control import ControlPlane
 from netsentry.service.scheduler import Scheduler
@@ -43,7 +43,7 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.scheduler = scheduler
-    for module in (status, write, config, anomalies, stats):
+    for module in (status, write, config, anomalies, stats, devices):
         app.include_router(module.router)
     stats.tag_route(app.router)
 

@@ -1,0 +1,1 @@
+"""Devices whose keys netsentry rotates: packets, profiles, detection, streams."""
