@@ -29,6 +29,9 @@ def _view(settings: Any) -> dict[str, Any]:
         "alternative": settings.alternative,
         "min_count": settings.min_count,
         "adapt_after": settings.adapt_after,
+        "detectors": settings.detectors,
+        "ml_quantile": settings.ml_quantile,
+        "changepoint": settings.changepoint_params(),
         "ranges": {"tolerance": TOLERANCE_RANGE, "frequency": FREQUENCY_RANGE},
     }
 
