@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import httpx
 
 from helpers import TOKEN
+from mosquitto_server import mosquitto_server
 from netsentry.respond.riot import RiotClient
 from riot_standin import HA1, USER, StandIn, riot_settings
 from servers import free_port
@@ -88,3 +89,12 @@ def shared_riot():
 def riot_client(riot):
     with RiotClient(riot_settings(riot)) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    """A real Mosquitto on a free loopback port (TCP_NODELAY on); yields the port."""
+    server, port = mosquitto_server(tmp_path_factory.mktemp("mosquitto"))
+    server.start()
+    yield port
+    server.stop()

@@ -30,14 +30,6 @@ DEVICE_TOPIC = offer_topic("device", "cam-1")
 RECEIVER_TOPIC = offer_topic("receiver", "rx-1")
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    server, port = mosquitto_server(tmp_path_factory.mktemp("mosquitto"))
-    server.start()
-    yield port
-    server.stop()
-
-
 @pytest.fixture
 def world(broker, tmp_path, caplog):
     caplog.set_level(logging.DEBUG, logger="netsentry")

@@ -129,6 +129,25 @@ class Settings(DetectionSettings):
     redis_url: str | None = None  # recent flows per conversation in Redis Streams
     parquet_dir: Path | None = None  # all flows as Parquet, partitioned by day
 
+    # Device key rotation over MQTT (docs/rotation.md); off without mqtt_host.
+    mqtt_host: str | None = None
+    mqtt_port: int = Field(1883, ge=1, le=65535)
+    issuer_key: SecretStr | None = None  # netsentry's X25519 private key, hex or base64
+    vault_key: SecretStr | None = None  # master secret for keys at rest (hex/base64, >= 32 B)
+    rotation_attempts: int = Field(3, ge=1, le=20)
+    rotation_timeout_s: float = Field(1.0, gt=0.0, le=60.0)
+    rotation_interval_h: float | None = Field(None, gt=0.0)  # scheduled rotation; None: off
+    rotation_cooldown_s: float = Field(30.0, ge=0.0)  # anomaly rotations per device at most
+
+    @model_validator(mode="after")
+    def _rotation_secrets(self) -> Settings:
+        if self.mqtt_host is not None and (self.issuer_key is None or self.vault_key is None):
+            raise ValueError(
+                "NETSENTRY_MQTT_HOST turns key rotation on: set NETSENTRY_ISSUER_KEY "
+                "(`netsentry devices keygen`) and NETSENTRY_VAULT_KEY (>= 32 random bytes)"
+            )
+        return self
+
     @field_validator("influx_measurements", "prometheus_selectors", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from netsentry.api.routes import anomalies, config, devices, stats, status, write
 from netsentry.config import Settings
 from netsentry.service.control import ControlPlane
+from netsentry.service.rotation import RotationService
 from netsentry.service.scheduler import Scheduler
 from netsentry.store.sqlite import Store
 
@@ -23,14 +24,24 @@ def create_app(
     """Build the app; with ``schedule`` it also runs a check every ``frequency`` hours."""
     store = store or Store(settings.db)
     scheduler = Scheduler(store, settings, control=ControlPlane.from_environment())
+    rotation = RotationService.from_settings(settings, store)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stopping = asyncio.Event()
+        rotating = None
+        if rotation is not None:
+            await asyncio.to_thread(rotation.start)  # BrokerUnavailableError: refuse to start
+            rotating = asyncio.create_task(rotation.run_schedule(stopping))
         task = asyncio.create_task(scheduler.run()) if schedule else None
         yield
+        stopping.set()
         if task is not None:
             scheduler.stop()
             await task
+        if rotating is not None and rotation is not None:
+            await rotating
+            await asyncio.to_thread(rotation.stop)
         if scheduler.control is not None:
             scheduler.control.close()
 
@@ -43,6 +54,7 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.scheduler = scheduler
+    app.state.rotation = rotation
     for module in (status, write, config, anomalies, stats, devices):
         app.include_router(module.router)
     stats.tag_route(app.router)

@@ -170,3 +170,61 @@ async def tune_thresholds(
         "new_feedback": int(history.new.sum()),
         "trials": result.trials,
     }
+
+
+class RotateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: Note = ""
+
+
+def _rotation_service(request: Request) -> Any:
+    service = getattr(request.app.state, "rotation", None)
+    if service is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "key rotation is off: set NETSENTRY_MQTT_HOST, NETSENTRY_ISSUER_KEY and "
+            "NETSENTRY_VAULT_KEY",
+        )
+    return service
+
+
+@router.post("/{device}/rotate", summary="Rotate a device's key now (operator request)")
+async def rotate_key(
+    device: DeviceId, request: Request, _: Authorized, body: RotateBody | None = None
+) -> dict[str, Any]:
+    service = _rotation_service(request)
+    note = (body or RotateBody()).note
+    try:
+        rotation = await run_in_threadpool(service.rotate, device, "operator", note)
+    except LookupError as err:  # UnknownDeviceError
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(err)) from err
+    if not rotation.ok:
+        raise HTTPException(
+            status.HTTP_502_BAD_GATEWAY, f"rotation of {device!r} failed: {rotation.error}"
+        )
+    return {
+        "device": device,
+        "key_id": rotation.key_id,
+        "latency_ms": rotation.latency_ms,
+        "attempts": rotation.attempts,
+        "status": rotation.status,
+    }
+
+
+@router.get("/{device}/rotations", summary="A device's key rotations, newest first")
+def list_rotations(
+    device: DeviceId,
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    with _errors(), store.read() as db:
+        feedback.require_device(db, device)
+        rows = db.execute(
+            "SELECT id, key_id, reason, detail, requested, completed, latency_ms, attempts, "
+            "status, error FROM rotations WHERE device = ? ORDER BY id DESC LIMIT ?",
+            (device, limit),
+        ).fetchall()
+    names: tuple[str, ...] = ("id", "key_id", "reason", "detail", "requested", "completed")
+    names += ("latency_ms", "attempts", "status", "error")
+    return {"device": device, "rotations": [dict(zip(names, r, strict=True)) for r in rows]}
