@@ -1,4 +1,4 @@
-"""The `netsentry` command: demo, serve, check, ingest, config and anomalies."""
+"""The `netsentry` command: demo, serve, check, ingest, config, anomalies, devices."""
 
 from __future__ import annotations
 
@@ -13,24 +13,13 @@ from typing import Any, BinaryIO
 import click
 from tqdm import tqdm
 
+from netsentry.cli_common import db_option, settings_from
+from netsentry.cli_devices import devices
 from netsentry.config import Settings
 from netsentry.ingest.errors import ParseResult
 from netsentry.service.check import CheckReport, run_check
 from netsentry.service.runtime import effective
 from netsentry.store.sqlite import Store
-
-
-def _settings(db: str | None) -> Settings:
-    overrides: dict[str, Any] = {"db": Path(db)} if db else {}
-    try:
-        return Settings(**overrides)
-    except Exception as err:  # pydantic explains what is wrong and where
-        raise click.UsageError(f"invalid configuration: {err}") from err
-
-
-db_option = click.option(
-    "--db", envvar="NETSENTRY_DB", default=None, help="SQLite store (default var/netsentry.sqlite)."
-)
 
 
 @click.group()
@@ -56,7 +45,7 @@ def check(pull: bool, db: str | None) -> None:
     from netsentry.sources.base import SourceError
     from netsentry.sources.configured import configured_sources
 
-    settings = _settings(db)
+    settings = settings_from(db)
     store = Store(settings.db)
     detection = effective(settings, store)
     sources = configured_sources(settings) if pull else []
@@ -136,7 +125,7 @@ def ingest(
     """Ingest line protocol or InfluxDB CSV files ('-' reads line protocol from stdin)."""
     from netsentry.ingest.influx_csv import read_influx_csv
 
-    settings = _settings(db)
+    settings = settings_from(db)
     store = Store(settings.db)
     accepted = rejected = 0
     for path in paths:
@@ -275,7 +264,7 @@ def collect(listen: str, idle_timeout: float | None, every: float, db: str | Non
     from netsentry.flows.netflow import NetFlowCollector
     from netsentry.service.flow_ingest import ingest_flows
 
-    settings = _settings(db)
+    settings = settings_from(db)
     store = Store(settings.db)
     host, _, port = listen.rpartition(":")
     options = _flow_pipeline(settings)
@@ -318,7 +307,7 @@ def depseudonymize(
     from netsentry.privacy.epochs import Pseudonymizer, WrongKeyError, parse_master_secret
     from netsentry.store.sqlite import key_to_sql
 
-    settings = _settings(db)
+    settings = settings_from(db)
     if settings.pseudonym_key is None:
         raise click.UsageError("NETSENTRY_PSEUDONYM_KEY (the master secret) is not set")
     master = parse_master_secret(settings.pseudonym_key.get_secret_value())
@@ -377,7 +366,7 @@ def evaluate(source: str, stream: bool, out_dir: str, seed: int, db: str | None)
 
         data = riot_export()
     elif source == "store":
-        store = Store(_settings(db).db)
+        store = Store(settings_from(db).db)
         data = store.read_inbox(0, store.inbox_head())
         if len(data) == 0:
             raise click.UsageError("the store's inbox is empty: ingest data first")
@@ -405,7 +394,7 @@ def config(tolerance: float | None, frequency: int | None, db: str | None) -> No
     """Show the run-time settings, or change them (they apply at the next check)."""
     from netsentry.api.routes.config import ConfigUpdate
 
-    settings = _settings(db)
+    settings = settings_from(db)
     store = Store(settings.db)
     try:
         update = ConfigUpdate(tolerance=tolerance, frequency=frequency)
@@ -426,7 +415,7 @@ def anomalies(measurement: str, limit: int, db: str | None) -> None:
     """List the newest open anomalies of a measurement."""
     from netsentry.store import queries
 
-    store = Store(_settings(db).db)
+    store = Store(settings_from(db).db)
     with store.read() as conn:
         rows = queries.anomalies(conn, measurement, queries.VISIBLE, limit, 0)
     for row in rows:
@@ -440,7 +429,7 @@ def anomalies(measurement: str, limit: int, db: str | None) -> None:
 @db_option
 def serve(host: str | None, port: int | None, schedule: bool, db: str | None) -> None:
     """Serve the API (and /write) and run a check every `frequency` hours."""
-    settings = _settings(db)
+    settings = settings_from(db)
     _serve(settings, host or settings.host, port if port is not None else settings.port, schedule)
 
 
@@ -467,7 +456,7 @@ def demo(then_serve: bool, port: int | None, db: str | None) -> None:
     """Replay the bundled RIoT export hour by hour, report, and serve the results."""
     from netsentry.service.replay import replay, riot_export
 
-    settings = _settings(db or "var/demo.sqlite")
+    settings = settings_from(db or "var/demo.sqlite")
     if settings.db.exists():
         for suffix in ("", "-wal", "-shm"):
             Path(f"{settings.db}{suffix}").unlink(missing_ok=True)
@@ -522,10 +511,12 @@ def _demo_summary(store: Store, reports: list[CheckReport]) -> None:
         for measurement in queries.measurements(db):
             rows = queries.anomalies(db, measurement, queries.VISIBLE, 100_000, 0)
             scored = [r for r in rows if r["detector"] == "zscore"]
-            click.echo(
-                f"  {measurement}: {len(scored)} z-score anomalies, "
-                f"{len(rows) - len(scored)} new entities"
-            )
+            others: dict[str, int] = {}
+            for row in rows:
+                if row["detector"] != "zscore":
+                    others[row["detector"]] = others.get(row["detector"], 0) + 1
+            more = "".join(f", {n} {name.replace('_', ' ')}" for name, n in sorted(others.items()))
+            click.echo(f"  {measurement}: {len(scored)} z-score anomalies{more}")
             for row in sorted(scored, key=lambda r: -(r["score"] or float("inf")))[:3]:
                 e, t = row["explanation"], row["tags"]
                 z = "inf" if e["z"] is None else f"{e['z']:.1f}"
@@ -536,6 +527,8 @@ def _demo_summary(store: Store, reports: list[CheckReport]) -> None:
                 )
     click.echo(f"store: {store.path}")
 
+
+main.add_command(devices)
 
 if __name__ == "__main__":
     main()

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class RotationService:
     """One issuer for the process, with the anomaly trigger and the schedule."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, *, issuer_id: str = "netsentry") -> None:
         if settings.mqtt_host is None or settings.issuer_key is None or settings.vault_key is None:
             raise ValueError("key rotation needs NETSENTRY_MQTT_HOST, _ISSUER_KEY and _VAULT_KEY")
         vault = Vault(parse_master_secret(settings.vault_key.get_secret_value()))
@@ -37,6 +37,7 @@ class RotationService:
             StaticKey.from_text(settings.issuer_key.get_secret_value()),
             host=settings.mqtt_host,
             port=settings.mqtt_port,
+            issuer_id=issuer_id,
             attempts=settings.rotation_attempts,
             timeout_s=settings.rotation_timeout_s,
         )
