@@ -20,6 +20,7 @@ from netsentry.detect.batch import (
 from netsentry.detect.changepoint import ChangePoint
 from netsentry.detect.hst import HalfSpaceTrees
 from netsentry.detect.ocsvm_online import OnlineOneClassSVM
+from netsentry.detect.profile import DeviceForest, DeviceZScore
 from netsentry.detect.zscore import ZScore
 from netsentry.model import Batch
 
@@ -32,6 +33,8 @@ DETECTORS = {
     "ocsvm": lambda: OneClassSVMDetector(min_count=16, seed=1),
     "ocsvm_online": lambda: OnlineOneClassSVM(warm_up=64, batch_size=32, seed=1),
     "hst": lambda: HalfSpaceTrees(n_trees=5, height=6, window_size=50, seed=1),
+    "device_zscore": lambda: DeviceZScore(features=("m",), min_count=3),
+    "device_iforest": lambda: DeviceForest(features=("m",), min_count=16, seed=1),
 }
 
 

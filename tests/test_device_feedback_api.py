@@ -190,8 +190,8 @@ def test_missed_report_labels_the_nearest_window_or_adds_one(app_client, auth, c
 def test_label_then_tune_moves_thresholds_the_right_way(app_client, auth, camera, store):
     fresh = app_client.get(f"/devices/{camera}/thresholds").json()
     assert fresh["source"] == "defaults" and fresh["thresholds"] == DEFAULT_THRESHOLDS
-    noisy = [(T0 + i * SECOND, {"size_std": 4.5 + i / 100, "rate": 1.0}, True) for i in range(30)]
-    attack = [(T0 + 100 * SECOND, {"size_std": 8.0, "rate": 7.0}, True)]
+    noisy = [(T0 + i * SECOND, {"size_std": 8.5 + i / 100, "rate": 1.0}, True) for i in range(30)]
+    attack = [(T0 + 100 * SECOND, {"size_std": 12.0, "rate": 11.0}, True)]
     quiet = [(T0 + 200 * SECOND, {"iat_mean": 3.2, "size_std": 1.0}, False)]
     ids = add_detections(store, camera, noisy + attack + quiet)
     for detection in ids[:30]:

@@ -23,6 +23,7 @@ from netsentry.devices.tuning import (
     polish,
     tune,
 )
+from netsentry.devices.windows import FEATURES
 
 NAMES = (*DEFAULT_THRESHOLDS, "jitter")  # "jitter": a name without a default of its own
 TRIALS = 16
@@ -49,15 +50,8 @@ def within_bounds(thresholds: dict[str, float]) -> bool:
 
 
 def test_defaults_cover_the_features_and_sit_inside_their_bounds():
-    assert set(DEFAULT_THRESHOLDS) == {
-        "iat_mean",
-        "iat_std",
-        "size_mean",
-        "size_std",
-        "rate",
-        "peak_rate",
-        "forest",
-    }
+    assert set(DEFAULT_THRESHOLDS) == {*FEATURES, "forest"}
+    assert {"iat_mean", "iat_std", "size_mean", "size_std", "rate", "peak_rate"} <= set(FEATURES)
     assert set(BOUNDS) == set(DEFAULT_THRESHOLDS)
     assert within_bounds(DEFAULT_THRESHOLDS)
     assert bounds_of("jitter") == DEFAULT_BOUNDS
@@ -93,7 +87,7 @@ def test_frequent_false_positives_make_the_detector_less_sensitive():
     rng = np.random.default_rng(3)
     rows = [({"size_std": float(s)}, "false_positive", True) for s in rng.uniform(4.2, 6.0, 40)]
     rows += [({"size_std": 7.5, "rate": 6.0}, "confirmed", True)]
-    result = tune(History.from_rows(rows), {}, trials=TRIALS)
+    result = tune(History.from_rows(rows), {"size_std": 4.0}, trials=TRIALS)
     assert result.directions["size_std"] == "raise"
     assert result.thresholds["size_std"] >= max(s["size_std"] for s, _, _ in rows[:-1])
     assert result.thresholds["size_std"] < 7.5  # the confirmed anomaly still fires
@@ -112,9 +106,10 @@ def test_missed_anomalies_make_the_detector_more_sensitive():
 
 
 def test_the_anchor_keeps_one_report_from_swinging_a_threshold():
-    one = tune(History.from_rows([({"rate": 9.5}, "false_positive", True)]), {}, trials=TRIALS)
-    assert one.thresholds["rate"] == DEFAULT_THRESHOLDS["rate"]  # 5.5 of 8: costs 2.75 FPs
-    five = tune(History.from_rows([({"rate": 9.5}, "false_positive", True)] * 5), {}, trials=64)
+    # moving 5.5 of the range of 18 costs 4 * 5.5 / 18 = 1.2 false positives
+    one = tune(History.from_rows([({"rate": 9.5}, "false_positive", True)]), {"rate": 4.0})
+    assert one.thresholds["rate"] == 4.0
+    five = tune(History.from_rows([({"rate": 9.5}, "false_positive", True)] * 5), {"rate": 4.0})
     assert five.thresholds["rate"] == 9.5
 
 
@@ -156,7 +151,9 @@ def test_the_search_finds_a_trade_that_one_threshold_at_a_time_cannot():
     for seed in range(3):
         result = tune(history, current, trials=TRIALS, seed=seed)
         assert result.thresholds["a"] == 5.0 and result.thresholds["b"] < 3.5
-        assert result.cost_after.total == pytest.approx(0.75)  # the anchor alone
+        moved = abs(result.thresholds["a"] - 4.0) + abs(result.thresholds["b"] - 4.0)
+        span = bounds_of("a")[1] - bounds_of("a")[0]
+        assert result.cost_after.total == pytest.approx(CostWeights().anchor * moved / span)
 
 
 @FAST

@@ -53,21 +53,24 @@ from typing import Any, Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
+from netsentry.detect.profile import MEASURED_THRESHOLDS
+from netsentry.devices.windows import FEATURES
+
 Label = Literal["false_positive", "confirmed", "missed"]
 LABELS: tuple[str, ...] = get_args(Label)
 Direction = Literal["raise", "lower", "free", "hold"]
 
-#: Threshold of a z-score (|z| of a window statistic against the device's profile).
-DEFAULT_THRESHOLD = 4.0
+#: Starting thresholds of every device: |z| of each window feature against the
+#: device's profile, and "forest" (the Isolation Forest anomaly score of Liu et al., in
+#: (0, 1], about 0.5 for ordinary windows), as measured on normal streaming
+#: (:data:`netsentry.detect.profile.MEASURED_THRESHOLDS` says how).
+DEFAULT_THRESHOLDS: dict[str, float] = dict(MEASURED_THRESHOLDS)
+#: Threshold of any other z-score name.
+DEFAULT_THRESHOLD = MEASURED_THRESHOLDS[FEATURES[0]]
 #: Bounds of a z-score threshold; also used for any name not in :data:`BOUNDS`.
-DEFAULT_BOUNDS: tuple[float, float] = (2.0, 10.0)
-Z_FEATURES = ("iat_mean", "iat_std", "size_mean", "size_std", "rate", "peak_rate")
+DEFAULT_BOUNDS: tuple[float, float] = (2.0, 20.0)
+Z_FEATURES = FEATURES
 
-#: Starting thresholds of every device ("forest": the Isolation Forest anomaly score of
-#: Liu et al., in (0, 1], about 0.5 for ordinary windows).
-DEFAULT_THRESHOLDS: dict[str, float] = {name: DEFAULT_THRESHOLD for name in Z_FEATURES} | {
-    "forest": 0.65
-}
 #: The range a tuned threshold stays in, per name.
 BOUNDS: dict[str, tuple[float, float]] = {name: DEFAULT_BOUNDS for name in Z_FEATURES} | {
     "forest": (0.5, 0.95)
