@@ -17,10 +17,10 @@ from netsentry.detect.profile import (
     MEASURED_THRESHOLDS,
     DeviceForest,
     DeviceZScore,
-    _PackedForest,
     device_key,
     window_batch,
 )
+from netsentry.detect.profile_forest import _PackedForest
 from netsentry.devices.feedback_store import UnknownDeviceError
 from netsentry.devices.monitor import MAX_SCORE, Detection, DeviceMonitor
 from netsentry.devices.packets import read_pcap

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import struct
+import time
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -21,6 +23,8 @@ from netsentry.devices.frames import (
     UnknownVersionError,
     parse_header,
 )
+from netsentry.devices.rtp import build
+from netsentry.devices.stream import TransportReceiver
 from netsentry.rotation.keyring import KeyRing, StaleKeyError, UnknownKeyError
 
 KEY1, KEY2 = bytes(range(32)), bytes(range(32, 64))
@@ -141,6 +145,65 @@ def test_a_forged_frame_does_not_move_the_replay_window():
     with pytest.raises(UndecryptableError):
         opener.open(bytes(forged))
     assert opener.open(genuine)[1] == PACKET
+
+
+def test_a_forged_frame_under_a_newer_key_id_does_not_start_the_switch():
+    """The receiver holds key 2 before the device switches: a forgery under id 2 must not
+    start the grace period that would retire the key the device still uses."""
+    clock = Clock()
+    switched: list[int] = []
+    receiver = ring((1, KEY1), clock=clock)
+    receiver.on_switch = switched.append
+    opener = FrameOpener(receiver)
+    device = ring((1, KEY1))
+    sealer = FrameSealer(device, sequence=0)
+    assert opener.open(sealer.seal(PACKET))[1] == PACKET
+    receiver.install(2, KEY2)
+    forger = FrameSealer(ring((2, os.urandom(32))), sequence=50)  # id 2, not its key
+    for _ in range(3):
+        with pytest.raises(UndecryptableError):
+            opener.open(forger.seal(PACKET))
+    assert switched == [1]
+    clock.now = 10.0  # far past the grace period: key 1 was never superseded
+    assert opener.open(sealer.seal(PACKET))[1] == PACKET
+    assert receiver.key_ids == [1, 2]
+    device.install(2, KEY2)
+    assert opener.open(sealer.seal(PACKET))[1] == PACKET  # the genuine switch
+    assert switched == [1, 2]
+    clock.now = 11.0  # the grace period after it is over
+    with pytest.raises(StaleKeyError):
+        opener.open(FrameSealer(ring((1, KEY1)), sequence=500).seal(PACKET))
+
+
+def test_the_receiver_counts_a_forgery_under_a_newer_key_id_and_keeps_the_old_key():
+    clock = Clock()
+    switched: list[int] = []
+    transport = ring((1, KEY1), clock=clock)
+    transport.on_switch = switched.append
+    transport.install(2, KEY2)
+    device = FrameSealer(ring((1, KEY1)), sequence=0)
+    forger = FrameSealer(ring((2, os.urandom(32))), sequence=0)
+    rtp = build(payload_type=96, sequence=1, timestamp=0, ssrc=1, payload=b"x")
+
+    def wait(receiver: TransportReceiver, received: int) -> None:
+        deadline = time.monotonic() + 5
+        while receiver.stats().received < received and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    with (
+        TransportReceiver(transport) as receiver,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s,
+    ):
+        s.sendto(device.seal(rtp), receiver.address)
+        s.sendto(forger.seal(rtp), receiver.address)
+        wait(receiver, 2)
+        clock.now = 10.0  # far past the grace period
+        s.sendto(device.seal(rtp), receiver.address)
+        wait(receiver, 3)
+        stats = receiver.stats()
+    assert stats.received == 3 and stats.opened == 2
+    assert stats.undecryptable == 1 and stats.stale == 0
+    assert switched == [1]
 
 
 @settings(max_examples=500)

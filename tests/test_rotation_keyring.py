@@ -108,6 +108,45 @@ def test_on_switch_called_once_per_newer_key_outside_the_lock():
     assert seen == [(1, [1, 2]), (2, [1, 2])]
 
 
+def test_peek_gives_the_key_without_switching():
+    clock = Clock()
+    switched: list[int] = []
+    ring = KeyRing(grace_s=1.0, clock=clock, on_switch=switched.append)
+    ring.install(1, key(1))
+    ring.lookup(1)
+    ring.install(2, key(2))
+    for _ in range(3):
+        assert ring.peek(2) == key(2)
+    clock.now += 60  # peeks started no grace period: key 1 is still held
+    assert ring.key_ids == [1, 2]
+    assert ring.retire_pending() == []
+    assert ring.peek(1) == key(1)
+    assert switched == [1]
+    with pytest.raises(UnknownKeyError, match="never installed"):
+        ring.peek(3)
+
+
+def test_confirm_switches_once_and_starts_the_grace_period():
+    clock = Clock()
+    switched: list[int] = []
+    ring = KeyRing(grace_s=1.0, clock=clock, on_switch=switched.append)
+    ring.install(1, key(1))
+    ring.install(2, key(2))
+    ring.confirm(1)
+    ring.confirm(2)
+    ring.confirm(2)
+    ring.confirm(1)  # an older key in flight: no switch back
+    assert switched == [1, 2]
+    clock.now += 1.0
+    with pytest.raises(StaleKeyError, match="superseded by key id 2"):
+        ring.peek(1)
+    with pytest.raises(StaleKeyError):
+        ring.confirm(1)
+    with pytest.raises(UnknownKeyError):
+        ring.confirm(3)
+    assert switched == [1, 2]
+
+
 def test_bounded_number_of_keys_keeps_the_one_in_use():
     ring = KeyRing(max_keys=3)
     ring.install(1, key(1))

@@ -15,12 +15,13 @@ counts its sequence up from a random start below 2**62 (two sealers under one ke
 after a restart, overlap only with probability about ``frames / 2**62``), and keys are
 fresh per rotation.
 
-A :class:`FrameOpener` looks the key up in its :class:`~netsentry.rotation.keyring.KeyRing`
+A :class:`FrameOpener` peeks at the key in its :class:`~netsentry.rotation.keyring.KeyRing`
 (``UnknownKeyError``, ``StaleKeyError`` from there), checks the tag
 (:class:`UndecryptableError`) and then refuses a sequence it has already opened under
 that key, or one older than its window of :data:`REPLAY_WINDOW` sequences
-(:class:`ReplayError`), as IPsec and DTLS do. Only a frame that opened moves the window,
-so forged frames cannot push genuine ones out.
+(:class:`ReplayError`), as IPsec and DTLS do. Only a frame that opened moves the window
+and confirms its key to the ring (which may start the switch to a newer key), so forged
+frames can neither push genuine ones out nor retire the key the sender still uses.
 
 >>> from netsentry.rotation.keyring import KeyRing
 >>> ring = KeyRing(); ring.install(1, bytes(32))
@@ -185,7 +186,7 @@ class FrameOpener:
             From the key ring: a key id never installed, or retired.
         """
         header = parse_header(frame)
-        key = self.keyring.lookup(header.key_id)
+        key = self.keyring.peek(header.key_id)  # confirmed only once the tag verified
         self._check_fresh(header)
         nonce = _NONCE_PREFIX + frame[5 : HEADER.size]
         try:
@@ -196,6 +197,7 @@ class FrameOpener:
             raise UndecryptableError(
                 f"frame {header.sequence} under key id {header.key_id} does not verify"
             ) from None
+        self.keyring.confirm(header.key_id)
         self._mark(header)
         return header, packet
 

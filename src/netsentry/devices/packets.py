@@ -37,12 +37,12 @@ import polars as pl
 
 from netsentry.devices.rtp import RTPError, RTPHeader, parse
 from netsentry.flows.pcap import (
-    _UNDECODABLE,
+    UNDECODABLE,
     PacketError,
-    _capture,
-    _network,
-    _open,
-    _TruncatedError,
+    TruncatedError,
+    capture,
+    network,
+    open_capture,
 )
 
 __all__ = ["COLUMNS", "PacketLog", "PacketRecords", "PcapPackets", "read_pcap"]
@@ -205,13 +205,13 @@ def read_pcap(
     if dst_port is not None and not 0 <= dst_port <= 0xFFFF:
         raise ValueError(f"dst_port must be 0..65535, got {dst_port}")
     wanted = ipaddress.ip_address(src).packed if src is not None else None
-    stream, raw, _ = _open(source)
+    stream, raw, _ = open_capture(source)
     label = name or (os.fspath(source) if isinstance(source, str | os.PathLike) else "<stream>")
     report = PcapPackets(PacketRecords.empty(), label)
     arrivals: list[int] = []
     headers: list[RTPHeader] = []
     try:
-        link, frames = _capture(stream, label)
+        link, frames = capture(stream, label)
         try:
             for arrival, offset, frame in frames:
                 report.packets += 1
@@ -227,9 +227,9 @@ def read_pcap(
                     arrivals.append(arrival)
                 except RTPError as exc:
                     report.error(report.packets, offset, f"not RTP: {exc}")
-                except _UNDECODABLE as exc:
+                except UNDECODABLE as exc:
                     report.error(report.packets, offset, str(exc) or type(exc).__name__)
-        except _TruncatedError as exc:
+        except TruncatedError as exc:
             report.packets += 1
             report.error(report.packets, exc.offset, str(exc))
     finally:
@@ -244,7 +244,7 @@ def _udp_payload(
 ) -> bytes | str | None:
     """The UDP payload of a matching packet, None if it does not match, or the kind of a
     packet that is not plain UDP over IP."""
-    ip = _network(frame, link)
+    ip = network(frame, link)
     if isinstance(ip, str):
         return ip
     if ip.p != dpkt.ip.IP_PROTO_UDP:

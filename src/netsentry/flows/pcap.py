@@ -36,7 +36,16 @@ from tqdm import tqdm
 from netsentry.flows.flowmeter import NS, FlowMeter
 from netsentry.flows.schema import STREAM_NAME, Flows
 
-__all__ = ["PacketError", "PcapReport", "read_pcap"]
+__all__ = [
+    "UNDECODABLE",
+    "PacketError",
+    "PcapReport",
+    "TruncatedError",
+    "capture",
+    "network",
+    "open_capture",
+    "read_pcap",
+]
 
 _PORTED = {6: "TCP", 17: "UDP", 132: "SCTP"}
 _ETHER_NAMES = {0x0806: "arp", 0x88CC: "lldp", 0x888E: "eapol", 0x8035: "rarp", 0x9000: "loop"}
@@ -92,8 +101,9 @@ class _MalformedError(Exception):
     """The packet cannot be decoded; the message is the reason."""
 
 
-def _network(frame: bytes, link: int) -> Any:
-    """The IP packet of a frame, or the name of the protocol of a frame that is not IP."""
+def network(frame: bytes, link: int) -> Any:
+    """The IP packet (dpkt) of a frame of link type ``link``, or the name of the protocol
+    of a frame that is not IP; a malformed frame raises one of :data:`UNDECODABLE`."""
     if link == 1:
         layer: Any = dpkt.ethernet.Ethernet(frame)
         tags = getattr(layer, "vlan_tags", None)
@@ -149,7 +159,7 @@ class _Decoder:
     def decode(self, frame: bytes) -> tuple[int, bytes, int, bytes, int, int, int] | str:
         if self.fast and (packet := _fast(frame)) is not None:
             return packet
-        ip = _network(frame, self.link)
+        ip = network(frame, self.link)
         if isinstance(ip, str):
             return ip
         p, data, fl = ip.p, ip.data, 0
@@ -181,12 +191,16 @@ class _Decoder:
         return (p, ip.src, sp, ip.dst, dp, size, fl)
 
 
-#: What decoding a malformed frame raises (dpkt's own errors, and a few it lets through).
-_UNDECODABLE = (dpkt.UnpackError, _MalformedError, struct.error, IndexError, ValueError)
+#: What decoding a malformed frame raises (dpkt's own errors, and a few it lets through):
+#: catch these around :func:`network` and count the packet as an error.
+UNDECODABLE = (dpkt.UnpackError, _MalformedError, struct.error, IndexError, ValueError)
 
 
-class _TruncatedError(Exception):
-    """The capture ends inside a record, or a record header is corrupt: reading stops."""
+class TruncatedError(Exception):
+    """The capture ends inside a record, or a record header is corrupt: reading stops.
+
+    Raised by the records of :func:`capture`; ``offset`` is the byte offset of the record.
+    """
 
     def __init__(self, offset: int, reason: str) -> None:
         super().__init__(reason)
@@ -200,13 +214,13 @@ def _pcap_records(head: bytes, stream: BinaryIO) -> Iterator[tuple[int, int, byt
     unpack, read, offset = struct.Struct(order + "IIII").unpack, stream.read, 24
     while record := read(16):
         if len(record) < 16:
-            raise _TruncatedError(offset, f"record header cut at {len(record)} of 16 bytes")
+            raise TruncatedError(offset, f"record header cut at {len(record)} of 16 bytes")
         sec, frac, caplen, _ = unpack(record)
         if caplen > _MAX_RECORD:
-            raise _TruncatedError(offset, f"record length {caplen} is not believable")
+            raise TruncatedError(offset, f"record length {caplen} is not believable")
         frame = read(caplen)
         if len(frame) < caplen:
-            raise _TruncatedError(offset, f"record cut at {len(frame)} of {caplen} bytes")
+            raise TruncatedError(offset, f"record cut at {len(frame)} of {caplen} bytes")
         yield sec * NS + frac * scale, offset, frame
         offset += 16 + caplen
 
@@ -232,8 +246,13 @@ def _pcapng_records(reader: Any, wrapped: _Prefixed) -> Iterator[tuple[int, int,
         offset = wrapped.pos
 
 
-def _capture(stream: BinaryIO, source: str) -> tuple[int, Iterator[tuple[int, int, bytes]]]:
-    """The link type and the records of a pcap or pcapng stream (headers read now)."""
+def capture(stream: BinaryIO, source: str) -> tuple[int, Iterator[tuple[int, int, bytes]]]:
+    """The link type and the records of a pcap or pcapng stream (headers read now).
+
+    The records are ``(timestamp ns, record offset, frame)``; iterating them may raise
+    :class:`TruncatedError`. A stream that is not a capture, or of a link type not
+    supported, is a ``ValueError`` naming ``source``.
+    """
     head = stream.read(24)
     if head[:4] == _PCAPNG:
         wrapped = _Prefixed(head, stream)
@@ -255,8 +274,14 @@ def _capture(stream: BinaryIO, source: str) -> tuple[int, Iterator[tuple[int, in
     return link, records
 
 
-def _open(source: str | os.PathLike[str] | BinaryIO) -> tuple[BinaryIO, BinaryIO, int | None]:
-    """(decompressed stream, raw stream, raw size) of a path or an open binary stream."""
+def open_capture(
+    source: str | os.PathLike[str] | BinaryIO,
+) -> tuple[BinaryIO, BinaryIO, int | None]:
+    """(decompressed stream, raw stream, raw size) of a path or an open binary stream.
+
+    For a path (``.gz`` and ``.xz`` decompressed) the caller closes the raw stream; an
+    open stream is returned as both, with size None.
+    """
     if not isinstance(source, str | os.PathLike):
         return source, source, None
     raw = open(source, "rb")  # noqa: SIM115 - closed by read_pcap
@@ -306,14 +331,14 @@ def read_pcap(
     if chunk_flows < 1:
         raise ValueError("chunk_flows must be positive")
     report = PcapReport() if report is None else report
-    stream, raw, size = _open(source)
+    stream, raw, size = open_capture(source)
     label = name or (os.fspath(source) if isinstance(source, str | os.PathLike) else None)
     report.source = label or getattr(stream, "name", None) or STREAM_NAME
     meter = FlowMeter(idle_timeout_s, active_timeout_s, close_timeout_s, report.source)
     bar = tqdm(total=size, unit="B", unit_scale=True, disable=not progress, desc=report.source)
     packets = in_flows = 0
     try:
-        report.link_type, records = _capture(stream, report.source)
+        report.link_type, records = capture(stream, report.source)
         decoder = _Decoder(report.link_type)
         skipped = report.skipped
         try:
@@ -321,7 +346,7 @@ def read_pcap(
                 packets += 1
                 try:
                     packet = decoder.decode(frame)
-                except _UNDECODABLE as exc:
+                except UNDECODABLE as exc:
                     report.error(packets, offset, str(exc) or type(exc).__name__)
                     continue
                 if isinstance(packet, str):
@@ -334,7 +359,7 @@ def read_pcap(
                     yield meter.take(chunk_flows)
                 if size and not packets & 0xFFF:
                     bar.update(raw.tell() - bar.n)
-        except _TruncatedError as exc:
+        except TruncatedError as exc:
             packets += 1
             report.error(packets, exc.offset, str(exc))
         meter.flush()

@@ -1,11 +1,13 @@
 """The keys one party holds for a stream, by key id, with a grace period on rotation.
 
 A sender encrypts under :attr:`KeyRing.current` (the newest key). A receiver opens each
-frame with :meth:`KeyRing.lookup` of the frame's key id. When a rotation installs a new
-key, the receiver accepts old and new keys; the old ones are retired ``grace_s`` seconds
-after the first frame under the new key was looked up, so frames still in flight under
-the old key open while the sender switches, and nothing is retired if the sender never
-switches.
+frame with the key :meth:`KeyRing.peek` gives for the frame's key id and, once the
+frame's tag verified, calls :meth:`KeyRing.confirm` (:meth:`KeyRing.lookup` does both,
+for a caller with nothing to verify). When a rotation installs a new key, the receiver
+accepts old and new keys; the old ones are retired ``grace_s`` seconds after the first
+frame under the new key was confirmed, so frames still in flight under the old key open
+while the sender switches, nothing is retired if the sender never switches, and a
+forged frame (which never verifies) cannot start the switch.
 
 The ring is thread-safe: the MQTT thread installs keys while the UDP thread looks them
 up. Keys never appear in its ``repr``.
@@ -49,13 +51,14 @@ class KeyRing:
     Parameters
     ----------
     grace_s : float
-        How long an older key stays valid after the first lookup of a newer key.
+        How long an older key stays valid after the first use of a newer key.
     clock : callable
         Monotonic seconds (injected for tests).
     on_switch : callable, optional
         Called with the key id, outside the lock, the first time a key newer than every
-        key looked up before is looked up (the receiver "has switched"; the very first
-        lookup counts too). Also settable as the attribute ``on_switch``.
+        key used before is used, by :meth:`confirm` or :meth:`lookup` (the receiver "has
+        switched"; the very first use counts too). Also settable as the attribute
+        ``on_switch``.
     max_keys : int
         At most this many keys are held: installing beyond it drops the oldest keys
         other than the newest one in use (so repeated unfinished rotations stay bounded).
@@ -125,8 +128,12 @@ class KeyRing:
             self._retire_due()
             return list(self._keys)
 
-    def lookup(self, key_id: int) -> bytes:
-        """The key of a received frame's ``key_id``.
+    def peek(self, key_id: int) -> bytes:
+        """The key of a received frame's ``key_id``, without marking it used.
+
+        A receiver opens a frame with this key and calls :meth:`confirm` only once the
+        frame's tag verified, so a forged frame carrying the id of a newer installed key
+        cannot start the switch that retires the older keys.
 
         Raises
         ------
@@ -135,23 +142,36 @@ class KeyRing:
         StaleKeyError
             ``key_id`` was retired.
         """
-        switched = False
         with self._lock:
-            self._retire_due()
-            key = self._keys.get(key_id)
-            if key is None:
-                if key_id in self._retired:
-                    raise StaleKeyError(
-                        f"key id {key_id} was retired (superseded by key id "
-                        f"{self._retired[key_id]})"
-                    )
-                raise UnknownKeyError(f"key id {key_id} was never installed")
-            if key_id > self._newest_used:
-                switched = True
-                self._pending.append((self.clock() + self.grace_s, key_id))
-                self._newest_used = key_id
-            callback = self.on_switch
-        if switched and callback is not None:
+            return self._held(key_id)
+
+    def confirm(self, key_id: int) -> None:
+        """Mark ``key_id`` used: a frame under it was authenticated.
+
+        The first time a key newer than every key confirmed before is confirmed, this
+        calls ``on_switch`` and starts the grace period of the older keys. Raises as
+        :meth:`peek` does if ``key_id`` is not held (any more).
+        """
+        with self._lock:
+            self._held(key_id)
+            callback = self._use(key_id)
+        if callback is not None:
+            callback(key_id)
+
+    def lookup(self, key_id: int) -> bytes:
+        """:meth:`peek` and :meth:`confirm` at once, for a caller with nothing to verify.
+
+        Raises
+        ------
+        UnknownKeyError
+            ``key_id`` was never installed (or was retired too long ago to remember).
+        StaleKeyError
+            ``key_id`` was retired.
+        """
+        with self._lock:
+            key = self._held(key_id)
+            callback = self._use(key_id)
+        if callback is not None:
             callback(key_id)
         return key
 
@@ -159,6 +179,26 @@ class KeyRing:
         """Retire the keys whose grace period is over now; return their ids."""
         with self._lock:
             return self._retire_due()
+
+    def _held(self, key_id: int) -> bytes:
+        """The key of ``key_id`` now (the lock is held); raises as :meth:`peek` says."""
+        self._retire_due()
+        key = self._keys.get(key_id)
+        if key is None:
+            if key_id in self._retired:
+                raise StaleKeyError(
+                    f"key id {key_id} was retired (superseded by key id {self._retired[key_id]})"
+                )
+            raise UnknownKeyError(f"key id {key_id} was never installed")
+        return key
+
+    def _use(self, key_id: int) -> Callable[[int], None] | None:
+        """Mark ``key_id`` used (the lock is held); the callback to run if it is a switch."""
+        if key_id <= self._newest_used:
+            return None
+        self._pending.append((self.clock() + self.grace_s, key_id))
+        self._newest_used = key_id
+        return self.on_switch
 
     def _retire_due(self) -> list[int]:
         retired: list[int] = []
