@@ -73,3 +73,29 @@ def test_rotation_commands_say_which_secret_is_missing(tmp_path):
     assert result.returncode == 2 and "NETSENTRY_VAULT_KEY" in result.stderr
     result = devices("rotate", "cam-1", db=tmp_path / "s.sqlite", env={"NETSENTRY_MQTT_HOST": "x"})
     assert result.returncode == 2 and "NETSENTRY_ISSUER_KEY" in result.stderr
+
+
+def test_watch_pcap_learns_from_the_start_of_a_capture_and_flags_the_change(tmp_path):
+    import dpkt
+
+    from netsentry.devices.video import SizeChange, VideoSource
+    from test_devices_packets import CAMERA, SINK, T0, _frame, _stream
+
+    camera = VideoSource(seed=4)
+    camera.inject(SizeChange(start_s=70.0, duration_s=5.0, factor=0.3))
+    path = tmp_path / "camera.pcap"
+    with open(path, "wb") as out:
+        writer = dpkt.pcap.Writer(out)
+        for t, frame in _stream(camera, 80.0):
+            writer.writepkt(_frame(CAMERA, SINK, 40000, 5004, frame), ts=T0 + t)
+        writer.writepkt(_frame(CAMERA, SINK, 40000, 5004, b"\x40" + bytes(15)), ts=T0 + 80.0)
+    result = devices(
+        "watch-pcap", str(path), "--dst-port", "5004", db=tmp_path / "s.sqlite", env={}
+    )
+    assert result.returncode == 0, result.stderr
+    flagged = [json.loads(line) for line in result.stdout.splitlines()]
+    assert flagged, result.stderr
+    assert all(70e9 <= f["time_ns"] - T0 * 1e9 <= 77e9 for f in flagged)
+    assert any("size_mean" in f["above_threshold"] for f in flagged)
+    assert "1 malformed" in result.stderr and "profile judging" in result.stderr
+    assert "1 episode(s)" in result.stderr

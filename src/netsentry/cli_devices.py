@@ -100,3 +100,40 @@ def rotations(settings: Settings, device_id: str, limit: int) -> None:
     """A device's rotations, newest first, as JSON lines."""
     for record in _registry(settings).rotations(device_id, limit):
         click.echo(json.dumps(record.__dict__, default=str))
+
+
+@devices.command(name="watch-pcap")
+@click.argument("capture", type=click.Path(exists=True, dir_okay=False))
+@click.option("--device", "device_id", default="capture", show_default=True)
+@click.option("--dst-port", type=int, default=None, help="Only UDP packets to this port.")
+@click.option("--src", default=None, help="Only packets from this address.")
+@click.option("--learn-windows", default=120, show_default=True, help="Windows to learn from.")
+def watch_pcap(
+    capture: str, device_id: str, dst_port: int | None, src: str | None, learn_windows: int
+) -> None:
+    """Learn a device's profile from the start of a capture and judge the rest.
+
+    Prints each flagged window as a JSON line, then a summary. Nothing is stored.
+    """
+    from netsentry.devices.monitor import DeviceMonitor
+    from netsentry.devices.packets import read_pcap
+
+    found = read_pcap(capture, dst_port=dst_port, src=src)
+    for problem in found.errors[:20]:
+        click.echo(f"skipped: {problem}", err=True)
+    monitor = DeviceMonitor(device_id, learn_windows=learn_windows, record="none")
+    detections = monitor.observe(found.records)
+    if len(found.records):
+        detections += monitor.flush(int(found.records.arrival_ns[-1]))  # the capture ends here
+    flagged = [d for d in detections if d.flagged]
+    for d in flagged:
+        scores = {k: round(v, 2) for k, v in d.scores.items() if v > d.thresholds.get(k, 1e300)}
+        line = {"time_ns": d.time_ns, "feature": d.feature, "detector": d.detector}
+        click.echo(json.dumps({**line, "early": d.early, "above_threshold": scores}))
+    click.echo(
+        f"{found.matched} RTP packets of {found.packets} ({found.error_count} malformed, "
+        f"{found.not_matching} not matching); profile {monitor.state}; "
+        f"{monitor.windows_judged} windows judged, {len(flagged)} flagged, "
+        f"{monitor.episodes} episode(s)",
+        err=True,
+    )
