@@ -10,9 +10,11 @@ the cooldown at 0, so every episode is one rotation. Per rotation:
 - ``device``: first anomalous packet sent -> the device's agent installed the new key
   (its next packet is sealed under it);
 - ``total``: first anomalous packet sent -> the receiver opens its first frame under
-  the new key. At 30 frames/s the packets of a frame leave together and frames are
-  33 ms apart, so this adds the wait for the camera's next packet (16 ms on average)
-  to ``device``: no rotation can make the new key "in use" before a packet exists.
+  the new key: ``device`` plus the wait for the camera's next packet and its trip.
+
+Everything runs in one Python process here (camera, receiver and its monitor, issuer,
+both agents), so they share one interpreter lock; deployed, they are separate
+processes on separate machines.
 
 The same run measures the baseline, a rotation with nothing to detect: an operator's
 ``KeyIssuer.rotate`` call -> the receiver's first frame under the new key. Then the

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from netsentry.devices.packets import PacketLog, PacketRecords, read_pcap
-from netsentry.devices.rtp import HEADER_SIZE, build, parse
+from netsentry.devices.rtp import parse
 from netsentry.devices.video import VideoSource
 
 DATA = Path(__file__).parent / "data" / "rtp_simulated.pcap.xz"
@@ -42,21 +42,7 @@ def _frame(src: str, dst: str, sport: int, dport: int, payload: bytes, proto: in
 
 def _stream(source: VideoSource, seconds: float) -> list[tuple[float, bytes]]:
     """The source's packets with zero payload bytes (so the capture compresses)."""
-    s = source.schedule(seconds)
-    return [
-        (
-            float(s.send_s[i]),
-            build(
-                payload_type=int(s.payload_type[i]),
-                sequence=int(s.sequence[i]),
-                timestamp=int(s.timestamp[i]),
-                ssrc=int(s.ssrc[i]),
-                marker=bool(s.marker[i]),
-                payload=bytes(int(s.size[i]) - HEADER_SIZE),
-            ),
-        )
-        for i in range(len(s))
-    ]
+    return [(p.send_s, p.data) for p in source.packets(seconds, zero_payload=True)]
 
 
 def capture_frames() -> list[tuple[float, bytes]]:

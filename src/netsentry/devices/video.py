@@ -302,10 +302,12 @@ class VideoSource:
             sequence=s.sequence.astype(np.uint16),
         )
 
-    def packets(self, duration_s: float) -> Iterator[Packet]:
-        """The next ``duration_s`` of stream as RTP packets to send."""
+    def packets(self, duration_s: float, *, zero_payload: bool = False) -> Iterator[Packet]:
+        """The next ``duration_s`` of stream as RTP packets to send (payloads of zero
+        bytes with ``zero_payload``: a capture of them compresses)."""
         s = self.schedule(duration_s)
         for i in range(len(s)):
+            size = int(s.size[i]) - HEADER_SIZE
             yield Packet(
                 float(s.send_s[i]),
                 build(
@@ -314,7 +316,7 @@ class VideoSource:
                     timestamp=int(s.timestamp[i]),
                     ssrc=int(s.ssrc[i]),
                     marker=bool(s.marker[i]),
-                    payload=self._payload_rng.bytes(int(s.size[i]) - HEADER_SIZE),
+                    payload=bytes(size) if zero_payload else self._payload_rng.bytes(size),
                 ),
                 bool(s.anomalous[i]),
             )
