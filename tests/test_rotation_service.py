@@ -148,3 +148,11 @@ def test_the_schedule_rotates_every_device(deployment):
     assert len(rotations) >= 2 and {r.reason for r in rotations} == {"schedule"}
     assert device.keyring.current is not None
     assert device.keyring.current[0] == max(r.key_id for r in rotations)
+
+
+def test_a_new_store_is_readable_by_its_owner_only(tmp_path):
+    store = Store(tmp_path / "new.sqlite")
+    with store.transaction() as tx:  # the WAL and shared-memory files exist now
+        tx.bump({"x": 1.0})
+        for path in tmp_path.glob("new.sqlite*"):
+            assert path.stat().st_mode & 0o777 == 0o600, path

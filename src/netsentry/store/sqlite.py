@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -176,11 +177,18 @@ def _finite(value: float) -> float | None:
 
 
 class Store:
-    """The SQLite store at ``path`` (created, and migrated, on first use)."""
+    """The SQLite store at ``path`` (created, and migrated, on first use).
+
+    A new store file is created readable by its owner only (0600; SQLite gives its WAL
+    and shared-memory files the same mode): it holds sealed keys, device profiles and
+    what the anomalies say about the network.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         with self._connect() as db:
             (version,) = db.execute("PRAGMA user_version").fetchone()
             if version > len(MIGRATIONS):
