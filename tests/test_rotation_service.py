@@ -96,8 +96,10 @@ def test_rotation_settings_need_both_secrets(tmp_path):
 
 def test_the_service_refuses_to_start_when_the_broker_is_down(tmp_path):
     settings = rotation_settings(tmp_path, free_port())
-    with pytest.raises(BrokerUnavailableError), TestClient(create_app(settings)):
-        pass
+    served = []
+    with pytest.raises(BrokerUnavailableError), TestClient(create_app(settings)) as client:
+        served.append(client.get("/status"))  # never: the lifespan refuses to start
+    assert served == []
 
 
 def test_an_episode_of_anomalies_rotates_once_per_cooldown(deployment):

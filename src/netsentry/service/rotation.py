@@ -9,6 +9,7 @@ On when ``NETSENTRY_MQTT_HOST`` is set (with ``NETSENTRY_ISSUER_KEY`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from netsentry.config import Settings
@@ -72,11 +73,9 @@ class RotationService:
         if interval_h is None:
             return
         while not stopping.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):  # the interval is over: rotate
                 await asyncio.wait_for(stopping.wait(), timeout=interval_h * 3600.0)
                 return
-            except TimeoutError:
-                pass
             rotations = await asyncio.to_thread(rotate_all, self.issuer, self.devices())
             failed = [r.device_id for r in rotations if not r.ok]
             if failed:
