@@ -28,13 +28,12 @@ import argparse
 import importlib.metadata
 import ipaddress
 import secrets
-import time
-from collections.abc import Callable
 
 import numpy as np
 import polars as pl
 
 from netsentry.privacy import CryptoPAn, Pseudonymizer
+from timing import best_of
 
 try:
     import yacryptopan
@@ -72,16 +71,6 @@ def as_strings(values: np.ndarray) -> list[str]:
     return [str(ipaddress.IPv6Address((h << 64) | lo)) for h, lo in values.tolist()]
 
 
-def timed(run: Callable[[], object], repeat: int = 2) -> tuple[float, object]:
-    """Best wall time of ``repeat`` runs (the machine is shared), and the last result."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = run()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
 def bench_set(name: str, values: np.ndarray, baseline: int, key: bytes, master: bytes) -> None:
     n = len(values)
     strings = as_strings(values)
@@ -92,16 +81,16 @@ def bench_set(name: str, values: np.ndarray, baseline: int, key: bytes, master: 
     ints = pan.anonymize_ipv4 if values.ndim == 1 else pan.anonymize_ipv6
     distinct = len(np.unique(values, axis=0))
 
-    t_ints, anonymized = timed(lambda: ints(values))
-    t_column, _ = timed(lambda: pseudonymizer.pseudonymize(column, times))
-    t_list, _ = timed(lambda: pan.anonymize(strings), repeat=1)
+    t_ints, anonymized = best_of(lambda: ints(values), 2)
+    t_column, _ = best_of(lambda: pseudonymizer.pseudonymize(column, times), 2)
+    t_list, _ = best_of(lambda: pan.anonymize(strings), 1)
     back = pan.deanonymize_ipv4 if values.ndim == 1 else pan.deanonymize_ipv6
-    t_back, restored = timed(lambda: back(anonymized), repeat=1)
+    t_back, restored = best_of(lambda: back(anonymized), 1)
     assert np.array_equal(np.asarray(restored), values)
 
     reference = yacryptopan.CryptoPAn(key)
     subset = strings[:baseline]
-    t_ref, expected = timed(lambda: [reference.anonymize(a) for a in subset], repeat=1)
+    t_ref, expected = best_of(lambda: [reference.anonymize(a) for a in subset], 1)
     ours = [ipaddress.ip_address(a) for a in as_strings(np.asarray(anonymized)[:baseline])]
     assert ours == [ipaddress.ip_address(a) for a in expected], "outputs disagree"
 

@@ -26,7 +26,6 @@ import argparse
 import csv
 import io
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from netsentry.flows.conversations import ConversationSeries
 from netsentry.flows.schema import FlowReport
 from netsentry.flows.suricata import read_eve
 from netsentry.flows.zeek import read_zeek
+from timing import best_of
 
 REPLAY_LATENESS_S = 100 * 365 * 86400.0
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -135,16 +135,6 @@ def ours(reader: Callable[..., object], conversations: bool) -> Callable[[io.Buf
     return run
 
 
-def best(run: Callable[[io.BufferedReader], int], make: Callable[[], io.BufferedReader], n: int):
-    seconds, out = float("inf"), 0
-    for _ in range(n):
-        stream = make()
-        start = time.perf_counter()
-        out = run(stream)
-        seconds = min(seconds, time.perf_counter() - start)
-    return seconds, out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lines", type=int, default=1_000_000)
@@ -155,9 +145,9 @@ def main() -> None:
         ("conn.log TSV", ZEEK, read_zeek, plain_zeek, "csv.reader loop"),
     ):
         make, lines = replay(paths, args.lines)
-        base_s, base_flows = best(plain, make, args.repeats)
-        flows_s, flows = best(ours(reader, False), make, args.repeats)
-        conv_s, _ = best(ours(reader, True), make, args.repeats)
+        base_s, base_flows = best_of(plain, args.repeats, make)
+        flows_s, flows = best_of(ours(reader, False), args.repeats, make)
+        conv_s, _ = best_of(ours(reader, True), args.repeats, make)
         assert flows == base_flows, (flows, base_flows)
         print(
             f"{label:<13} {lines:>10,} lines, {flows:>9,} flows | "

@@ -35,6 +35,7 @@ from influx_server import create_database, influxd, line_protocol, write
 from netsentry.model import Batch
 from netsentry.service.replay import RIOT_MEASUREMENTS, riot_export
 from netsentry.sources.influxdb import InfluxQLSource
+from timing import best_of
 
 DAY_NS = 86_400_000_000_000
 
@@ -44,15 +45,6 @@ def replicated(copies: int) -> Batch:
     frame = riot_export().frame
     shifted = [frame.with_columns(pl.col("time") + k * 4 * DAY_NS) for k in range(copies)]
     return Batch(pl.concat(shifted))
-
-
-def best_of(repeat: int, run: Callable[[], Any]) -> tuple[float, Any]:
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        started = time.perf_counter()
-        result = run()
-        best = min(best, time.perf_counter() - started)
-    return best, result
 
 
 def transfer_only(source: InfluxQLSource, since: int, until: int) -> int:
@@ -114,10 +106,10 @@ def main() -> None:
             source = InfluxQLSource(
                 url, "bench", list(RIOT_MEASUREMENTS), chunk_size=args.chunk_size, timeout_s=600
             )
-            ours, pulled = best_of(args.repeat, lambda: source.pull(since, until))
+            ours, pulled = best_of(lambda: source.pull(since, until), args.repeat)
             assert len(pulled) == n, (len(pulled), n)
             print(f"InfluxQLSource.pull -> Batch    {ours:7.3f} s  {n / ours:>12,.0f} points/s")
-            floor, size = best_of(args.repeat, lambda: transfer_only(source, since, until))
+            floor, size = best_of(lambda: transfer_only(source, since, until), args.repeat)
             print(
                 f"  same requests, bytes only      {floor:7.3f} s  {n / floor:>12,.0f} points/s"
                 f"  ({size / 1e6:.1f} MB on the wire)"
@@ -127,7 +119,7 @@ def main() -> None:
             if run is None:
                 print("official client path skipped: `influxdb` or `pandas` is not installed")
                 return
-            theirs, frame = best_of(args.repeat, run)
+            theirs, frame = best_of(run, args.repeat)
             assert len(frame) == n, (len(frame), n)
             print(f"influxdb client -> DataFrame   {theirs:7.3f} s  {n / theirs:>12,.0f} points/s")
             print(f"ratio (official time / ours): {theirs / ours:.2f}x")

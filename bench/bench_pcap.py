@@ -23,13 +23,12 @@ import argparse
 import io
 import lzma
 import struct
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import dpkt
 
 from netsentry.flows.pcap import PcapReport, read_pcap
+from timing import best_of
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcap"
 DAY_NS = 86_400 * 1_000_000_000
@@ -81,24 +80,14 @@ def ours(stream: io.BytesIO) -> int:
     return report.packets
 
 
-def best(run: Callable[[io.BytesIO], int], data: bytes, n: int) -> tuple[float, int]:
-    seconds, out = float("inf"), 0
-    for _ in range(n):
-        stream = io.BytesIO(data)
-        start = time.perf_counter()
-        out = run(stream)
-        seconds = min(seconds, time.perf_counter() - start)
-    return seconds, out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--packets", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     data, packets = replay(args.packets)
-    base_s, base_n = best(plain_dpkt, data, args.repeats)
-    ours_s, ours_n = best(ours, data, args.repeats)
+    base_s, base_n = best_of(plain_dpkt, args.repeats, lambda: io.BytesIO(data))
+    ours_s, ours_n = best_of(ours, args.repeats, lambda: io.BytesIO(data))
     assert base_n == ours_n == packets
     report = PcapReport()
     flows = sum(len(c) for c in read_pcap(io.BytesIO(data), report=report))
