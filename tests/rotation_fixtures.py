@@ -8,7 +8,7 @@ import os
 import queue
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from netsentry.rotation.agent import DeviceAgent, KeyHolder, ReceiverAgent
 from netsentry.rotation.handshake import StaticKey
@@ -20,6 +20,7 @@ from netsentry.rotation.wire import Message, decode
 from netsentry.store.sqlite import Store
 
 HOST = "127.0.0.1"
+H = TypeVar("H", DeviceAgent, ReceiverAgent)
 
 
 class Probe:
@@ -81,18 +82,14 @@ class World:
         return issuer
 
     def device(self, device_id: str, start: bool = True, **options: Any) -> DeviceAgent:
-        agent = DeviceAgent(
-            device_id, self.holder_keys[device_id], self.issuer_key.public,
-            host=HOST, port=self.port, **options,
-        )  # fmt: skip
-        if start:
-            agent.start()
-        self.running.append(agent)
-        return agent
+        return self._holder(DeviceAgent, device_id, start, options)
 
     def receiver(self, receiver_id: str, start: bool = True, **options: Any) -> ReceiverAgent:
-        agent = ReceiverAgent(
-            receiver_id, self.holder_keys[receiver_id], self.issuer_key.public,
+        return self._holder(ReceiverAgent, receiver_id, start, options)
+
+    def _holder(self, kind: type[H], holder_id: str, start: bool, options: dict[str, Any]) -> H:
+        agent = kind(
+            holder_id, self.holder_keys[holder_id], self.issuer_key.public,
             host=HOST, port=self.port, **options,
         )  # fmt: skip
         if start:

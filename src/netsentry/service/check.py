@@ -21,7 +21,7 @@ from netsentry.config import DetectionSettings
 from netsentry.detect.threshold import Tolerance
 from netsentry.detect.zscore import ZScore
 from netsentry.keys import format_key
-from netsentry.model import KEY_TAGS, Anomaly, Batch
+from netsentry.model import Anomaly, Batch
 from netsentry.respond.outbox import enqueue
 from netsentry.series import CounterIncrease, CreatedTracker, GaugePassThrough, family, kind_of
 from netsentry.service.ensemble import (
@@ -32,7 +32,7 @@ from netsentry.service.ensemble import (
     run_segmented,
     run_streaming,
 )
-from netsentry.service.states import Outcome, anomaly_id
+from netsentry.service.states import Outcome, anomaly_id, row_anomaly
 from netsentry.store.sqlite import ConcurrentUpdateError, Store
 
 __all__ = ["INBOX", "CheckReport", "anomaly_id", "describe", "detect", "run_check"]
@@ -70,20 +70,12 @@ def _new_entity_anomalies(sub: Batch, known: pl.Series) -> list[Anomaly]:
         .unique(subset=["key"], keep="first", maintain_order=True)
     )
     return [
-        Anomaly(
-            time=row["time"],
-            measurement=row["measurement"],
-            key=row["key"],
-            value=row["value"],
-            score=float("nan"),
-            threshold=float("nan"),
-            detector="new_entity",
-            explanation={
-                "rule": "entity never seen before in this measurement",
-                "value": row["value"],
-            },
-            tags={t: row[t] for t in KEY_TAGS},
-            id=anomaly_id("new_entity", row["measurement"], row["key"], row["time"]),
+        row_anomaly(
+            row,
+            "new_entity",
+            float("nan"),
+            float("nan"),
+            {"rule": "entity never seen before in this measurement", "value": row["value"]},
         )
         for row in first.iter_rows(named=True)
     ]
@@ -97,15 +89,12 @@ def _zscore_anomalies(
     for row in rows.iter_rows(named=True):
         z = row["z"]
         out.append(
-            Anomaly(
-                time=row["time"],
-                measurement=row["measurement"],
-                key=row["key"],
-                value=row["value"],
-                score=abs(z),
-                threshold=tolerance,
-                detector="zscore",
-                explanation={
+            row_anomaly(
+                row,
+                "zscore",
+                abs(z),
+                tolerance,
+                {
                     "value": row["value"],
                     "series": what,
                     "mean": row["mean"],
@@ -115,8 +104,6 @@ def _zscore_anomalies(
                     "zero_variance": row["std"] == 0,
                     "tolerance": tolerance,
                 },
-                tags={t: row[t] for t in KEY_TAGS},
-                id=anomaly_id("zscore", row["measurement"], row["key"], row["time"]),
             )
         )
     return out

@@ -50,8 +50,8 @@ from netsentry.detect.ocsvm_online import OnlineOneClassSVM
 from netsentry.detect.score_history import ScoreHistory
 from netsentry.detect.segment_features import segment_labels
 from netsentry.detect.zscore import ZScore
-from netsentry.model import KEY_TAGS, Anomaly, Batch
-from netsentry.service.states import Outcome, anomaly_id
+from netsentry.model import Anomaly, Batch
+from netsentry.service.states import Outcome, row_anomaly
 from netsentry.store.sqlite import Store
 
 STREAMING: dict[str, type[OnBatches]] = {"hst": HalfSpaceTrees, "ocsvm_online": OnlineOneClassSVM}
@@ -79,10 +79,6 @@ class Series:
         )
 
 
-def _tags(row: dict[str, Any]) -> dict[str, str]:
-    return {t: row[t] for t in KEY_TAGS}
-
-
 # -- machine-learned scores -------------------------------------------------------------
 
 
@@ -107,20 +103,7 @@ def _score_anomalies(
             "quantile": series.settings.ml_quantile,
             **extra,
         }
-        out.append(
-            Anomaly(
-                time=row["time"],
-                measurement=row["measurement"],
-                key=row["key"],
-                value=row["value"],
-                score=float(score),
-                threshold=float(threshold),
-                detector=name,
-                explanation=explanation,
-                tags=_tags(row),
-                id=anomaly_id(name, row["measurement"], row["key"], row["time"]),
-            )
-        )
+        out.append(row_anomaly(row, name, float(score), float(threshold), explanation))
     return out
 
 
@@ -204,17 +187,13 @@ def _changepoint_anomalies(series: Series, alarms: pl.DataFrame) -> list[Anomaly
             else None,
         }
         out.append(
-            Anomaly(
-                time=row["time"],
-                measurement=series.measurement,
-                key=row["key"],
-                value=row["value"],
-                score=row["exceedance"],
-                threshold=1.0,
-                detector="changepoint",
-                explanation=explanation,
-                tags=_tags(row),
-                id=anomaly_id("changepoint", series.measurement, row["key"], row["detected_at"]),
+            row_anomaly(
+                {**row, "measurement": series.measurement},
+                "changepoint",
+                row["exceedance"],
+                1.0,
+                explanation,
+                id_time=row["detected_at"],
             )
         )
     return out

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from netsentry.detect.base import StateMismatchError
-from netsentry.model import Anomaly
+from netsentry.model import KEY_TAGS, Anomaly
 from netsentry.store.sqlite import Store
 
 C = TypeVar("C")
@@ -22,6 +22,32 @@ _IDS = uuid.UUID("6b3f0a52-8c1e-4d7a-9f5e-2a4c1b7d9e30")
 def anomaly_id(detector: str, measurement: str, key: int, time_ns: int) -> str:
     """An anomaly's id, derived from what it describes: a rerun check gives the same ids."""
     return str(uuid.uuid5(_IDS, f"{detector}|{measurement}|{key:016x}|{time_ns}"))
+
+
+def row_anomaly(
+    row: dict[str, Any],
+    detector: str,
+    score: float,
+    threshold: float,
+    explanation: dict[str, Any],
+    *,
+    id_time: int | None = None,
+) -> Anomaly:
+    """An anomaly about one row of a Batch frame (its time, measurement, key, value and
+    tags), its id derived from ``id_time`` (default: the row's time)."""
+    when = row["time"] if id_time is None else id_time
+    return Anomaly(
+        time=row["time"],
+        measurement=row["measurement"],
+        key=row["key"],
+        value=row["value"],
+        score=score,
+        threshold=threshold,
+        detector=detector,
+        explanation=explanation,
+        tags={t: row[t] for t in KEY_TAGS},
+        id=anomaly_id(detector, row["measurement"], row["key"], when),
+    )
 
 
 @dataclass
